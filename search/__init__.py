@@ -1,0 +1,1 @@
+"""Search logic: benchmarks, embedding, indexing, ranking. Knows nothing of the UI."""

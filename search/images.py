@@ -1,0 +1,89 @@
+"""Opening image files defensively and feeding them to an encoder in batches."""
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+log = logging.getLogger(__name__)
+
+MAX_PIXELS = 64_000_000  # larger images are refused (decompression-bomb guard)
+
+
+class ImageLoadError(ValueError):
+    """A file that is not a usable image; the message says why."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open an image file as upright RGB, or raise ImageLoadError saying why it cannot be used."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageLoadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_PIXELS:
+                raise ImageLoadError(f"{path}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,} limit")
+            im.load()
+            return to_rgb(ImageOps.exif_transpose(im))
+    except ImageLoadError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageLoadError(f"{path}: not a readable image ({e})") from e
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any PIL mode (palette, alpha, CMYK, 16-bit, grayscale) -> RGB; transparency becomes white."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray((arr * 255.0 / max(arr.max(), 1.0)).astype(np.uint8))
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
+    return im.convert("RGB")
+
+
+def iter_batches(
+    paths: Sequence[str | Path],
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    batch_size: int = 32,
+    transform: Callable[[Image.Image], Image.Image] | None = None,
+    workers: int = 2,
+    prefetch: int = 3,
+) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[int, str]]]]:
+    """Decode + preprocess in threads, a few batches ahead of the consumer (the model).
+
+    Yields (positions of the good images, their stacked pixels, [(position, error)] for bad ones).
+    """
+
+    def prepare(i: int) -> tuple[int, torch.Tensor | None, str | None]:
+        try:
+            im = load_image(paths[i])
+            return i, preprocess(transform(im) if transform else im), None
+        except ImageLoadError as e:
+            return i, None, str(e)
+
+    starts = list(range(0, len(paths), batch_size))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        def submit(s: int) -> list:
+            return [pool.submit(prepare, i) for i in range(s, min(s + batch_size, len(paths)))]
+
+        # Keep `prefetch` batches decoding while the consumer (the model) works on the current one.
+        pending = deque(submit(s) for s in starts[:prefetch])
+        for nxt in starts[prefetch:] + [None] * min(prefetch, len(starts)):
+            results = [f.result() for f in pending.popleft()]
+            if nxt is not None:
+                pending.append(submit(nxt))
+            good = [(i, x) for i, x, err in results if err is None]
+            bad = [(i, err) for i, _, err in results if err is not None]
+            pixels = torch.stack([x for _, x in good]) if good else torch.zeros(0, 3, 1, 1)
+            yield [i for i, _ in good], pixels, bad

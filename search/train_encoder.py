@@ -1,0 +1,256 @@
+"""`python -m search train-encoder`: fit the `lite` heads on the `train` splits of a data folder.
+
+Stage 1 caches the frozen towers' outputs (once; later runs reuse them). Stage 2 trains the
+learned part with a multi-positive InfoNCE over several tasks, each a list of (query, target)
+pairs sharing a positive key: sketch -> its photo, PACS sketch/painting/cartoon -> photos of the
+same class, low-res (mosaic / 32-px) -> its photo, class words -> photos, doodles -> class words.
+Stage 3 picks the bridge/learned mix per modality on a dev split carved out of `train`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.lite import HeadsConfig, LiteHeads, imagenet_class_names
+
+from .metrics import mean_metrics, query_metrics, rank_all
+from .tower_cache import TowerCache, text_embeddings
+
+log = logging.getLogger(__name__)
+
+DATASETS = ("sketchy", "pacs", "imagenet", "quickdraw")
+LOWRES_VIEWS = ("mosaic16", "tiny32")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 3000
+    batch: int = 256            # pairs per task per step
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    temperature: float = 0.05   # InfoNCE temperature
+    feat_dropout: float = 0.2   # dropout on the frozen image features (cheap augmentation)
+    dev_fraction: float = 0.2   # share of train classes / images held out to pick the mixes
+    seed: int = 0
+
+
+@dataclass
+class Task:
+    """(query, target) pairs; pairs whose `keys` are equal are positives of each other."""
+
+    name: str
+    query_kind: str   # "image" or "text"
+    target_kind: str
+    queries: list[str]
+    targets: list[list[str]]  # per pair, candidate targets; one is sampled each step
+    keys: list[str]
+
+
+def read_items(data_dir: Path) -> list[dict]:
+    items = []
+    for ds in DATASETS:
+        for line in (data_dir / ds / "items.jsonl").read_text().splitlines():
+            row = json.loads(line)
+            if row.get("split") == "train":
+                row["file"] = str((data_dir / ds / row["path"]).resolve())
+                items.append(row)
+    return items
+
+
+def split_dev(items: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+    """Hold out whole classes (class-split datasets) or images (PACS), like the shared test splits."""
+    rng = random.Random(seed)
+    labels = sorted({(r["id"].split("/")[0], r.get("label")) for r in items if not r["id"].startswith("pacs/")})
+    dev_labels = set(rng.sample(labels, int(len(labels) * fraction)))
+    dev_pacs = {r["id"] for r in items if r["id"].startswith("pacs/") and rng.random() < fraction}
+    is_dev = [(r["id"].split("/")[0], r.get("label")) in dev_labels or r["id"] in dev_pacs for r in items]
+    return [r for r, d in zip(items, is_dev) if not d], [r for r, d in zip(items, is_dev) if d]
+
+
+def img_key(item: dict, view: str = "") -> str:
+    return f"{item['file']}|{view}"
+
+
+def build_tasks(items: list[dict]) -> list[Task]:
+    photos = [r for r in items if r["style"] == "photo"]
+    by_id = {r["id"]: r for r in items}
+    pacs_photos = defaultdict(list)
+    for r in photos:
+        if r["id"].startswith("pacs/"):
+            pacs_photos[r["label"]].append(img_key(r))
+    tasks = []
+    sk = [r for r in items if r["id"].startswith("sketchy/") and r["style"] == "sketch"
+          and f"sketchy/photo/{r['group']}" in by_id]
+    tasks.append(Task("sketch->photo", "image", "image", [img_key(r) for r in sk],
+                      [[img_key(by_id[f"sketchy/photo/{r['group']}"])] for r in sk],
+                      [r["group"] for r in sk]))
+    pq = [r for r in items if r["id"].startswith("pacs/") and r["style"] != "photo" and pacs_photos[r["label"]]]
+    pq += [r for r in photos if r["id"].startswith("pacs/")]  # photo->photo keeps classes tight
+    tasks.append(Task("pacs style->photo", "image", "image", [img_key(r) for r in pq],
+                      [pacs_photos[r["label"]] for r in pq], [r["label"] for r in pq]))
+    lr = [(r, v) for r in photos for v in LOWRES_VIEWS]
+    tasks.append(Task("lowres->photo", "image", "image", [img_key(r, v) for r, v in lr],
+                      [[img_key(r)] for r, _ in lr], [r["id"] for r, _ in lr]))
+    tasks.append(Task("word->photo", "text", "image", [f"a photo of a {r['label']}" for r in photos],
+                      [[img_key(r)] for r in photos], [r["label"] for r in photos]))
+    dd = [r for r in items if r["style"] == "doodle"]
+    tasks.append(Task("doodle->word", "image", "text", [img_key(r) for r in dd],
+                      [[f"a drawing of a {r['label']}"] for r in dd], [r["label"] for r in dd]))
+    return [t for t in tasks if t.queries]
+
+
+class Features:
+    """Cached tower outputs as tensors, addressed by image key or text."""
+
+    def __init__(self, cache: TowerCache, image_keys: list[str], texts: list[str]) -> None:
+        feats, logits = cache.get(image_keys)
+        self.row = {k: i for i, k in enumerate(image_keys)}
+        self.feats, self.logits = torch.from_numpy(feats), torch.from_numpy(logits)
+        self.trow = {t: i for i, t in enumerate(texts)}
+        self.text = torch.from_numpy(text_embeddings(texts))
+
+    def image(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = torch.tensor([self.row[k] for k in keys])
+        return self.feats[rows], self.logits[rows]
+
+    def texts(self, texts: list[str]) -> torch.Tensor:
+        return self.text[torch.tensor([self.trow[t] for t in texts])]
+
+
+def learned(heads: LiteHeads, feats: Features, kind: str, refs: list[str], dropout: float = 0.0) -> torch.Tensor:
+    if kind == "text":
+        return heads.text_learned(feats.texts(refs))
+    f, lg = feats.image(refs)
+    return heads.image_learned(F.dropout(f, dropout, heads.training), lg)
+
+
+def multi_positive_nce(q: torch.Tensor, t: torch.Tensor, keys: list[str], temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE where every pair with the same key is a positive (soft uniform target)."""
+    ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    k = torch.tensor([ids[x] for x in keys])
+    pos = (k[:, None] == k[None, :]).float()
+    target = pos / pos.sum(1, keepdim=True)
+    logits = q @ t.T / temperature
+    return 0.5 * (torch.sum(-target * logits.log_softmax(1), 1).mean()
+                  + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
+
+
+def train_heads(heads: LiteHeads, tasks: list[Task], feats: Features, cfg: TrainConfig) -> LiteHeads:
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    params = [p for n, p in heads.named_parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    heads.train()
+    for step in range(cfg.steps):
+        losses = {}
+        for task in tasks:
+            idx = rng.sample(range(len(task.queries)), min(cfg.batch, len(task.queries)))
+            q = learned(heads, feats, task.query_kind, [task.queries[i] for i in idx], cfg.feat_dropout)
+            t = learned(heads, feats, task.target_kind, [rng.choice(task.targets[i]) for i in idx],
+                        cfg.feat_dropout)
+            losses[task.name] = multi_positive_nce(q, t, [task.keys[i] for i in idx], cfg.temperature)
+        loss = sum(losses.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 500 == 0 or step == cfg.steps - 1:
+            log.info("step %d loss %.3f (%s)", step, loss.item(),
+                     ", ".join(f"{k} {v.item():.2f}" for k, v in losses.items()))
+    return heads.eval()
+
+
+# ---------------------------------------------------------------- picking the mixes on dev
+def dev_benchmarks(dev: list[dict]) -> dict[str, tuple[list, list, list[set]]]:
+    """Small retrieval tasks on the dev split: name -> (query refs, gallery refs, relevant sets)."""
+    photos = [r for r in dev if r["style"] == "photo"]
+    benches = {}
+    sk_ph = [r for r in photos if r["id"].startswith("sketchy/")]
+    sk = [r for r in dev if r["id"].startswith("sketchy/") and r["style"] == "sketch"]
+    benches["sketch"] = ([("image", img_key(r)) for r in sk], [img_key(r) for r in sk_ph],
+                         [{img_key(p) for p in sk_ph if p["group"] == r["group"]} for r in sk])
+    pc_ph = [r for r in photos if r["id"].startswith("pacs/")]
+    pc = [r for r in dev if r["id"].startswith("pacs/") and r["style"] != "photo"]
+    benches["pacs"] = ([("image", img_key(r)) for r in pc], [img_key(r) for r in pc_ph],
+                       [{img_key(p) for p in pc_ph if p["label"] == r["label"]} for r in pc])
+    im = [r for r in photos if r["id"].startswith("imagenet/")]
+    benches["words"] = ([("text", f"a photo of a {r['label']}") for r in im], [img_key(r) for r in im],
+                        [{img_key(r)} for r in im])
+    benches["lowres"] = ([("image", img_key(r, "tiny32")) for r in sk_ph], [img_key(r) for r in sk_ph],
+                         [{img_key(r)} for r in sk_ph])
+    return benches
+
+
+def score_mix(heads: LiteHeads, feats: Features, bench: tuple, metric: str) -> float:
+    queries, gallery, relevant = bench
+    with torch.no_grad():
+        g = heads.embed_image(*feats.image(gallery)).numpy()
+        kind = queries[0][0]
+        refs = [r for _, r in queries]
+        q = (heads.embed_text(feats.texts(refs)) if kind == "text" else heads.embed_image(*feats.image(refs))).numpy()
+    ranked = rank_all(q, g)
+    return mean_metrics([query_metrics([gallery[j] for j in row], rel) for row, rel in zip(ranked, relevant)])[metric]
+
+
+def pick_mixes(heads: LiteHeads, feats: Features, dev: list[dict]) -> HeadsConfig:
+    """Image mix: best mean of dev sketch R@10 / PACS mAP / low-res R@1; then text mix: best dev word R@1."""
+    benches = dev_benchmarks(dev)
+    best_i, best = heads.cfg.image_mix, -1.0
+    for mix in (0.0, 0.05, 0.1, 0.2, 0.3, 0.5):
+        heads.cfg = replace(heads.cfg, image_mix=mix)
+        s = np.mean([score_mix(heads, feats, benches["sketch"], "R@10"), score_mix(heads, feats, benches["pacs"], "mAP"),
+                     score_mix(heads, feats, benches["lowres"], "R@1")])
+        log.info("dev image_mix %.2f: mean %.3f", mix, s)
+        if s > best:
+            best_i, best = mix, s
+    heads.cfg = replace(heads.cfg, image_mix=best_i)
+    best_t, best = heads.cfg.text_mix, -1.0
+    for mix in (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 1.0):
+        heads.cfg = replace(heads.cfg, text_mix=mix)
+        s = score_mix(heads, feats, benches["words"], "R@1")
+        log.info("dev text_mix %.2f: words R@1 %.3f", mix, s)
+        if s > best:
+            best_t, best = mix, s
+    return replace(heads.cfg, text_mix=best_t)
+
+
+def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path = ".cache",
+                  cfg: TrainConfig = TrainConfig(), heads_cfg: HeadsConfig = HeadsConfig()) -> Path:
+    """Cache tower outputs, fit heads on the train split, pick mixes on dev, refit on all, save."""
+    data = Path(data)
+    items = read_items(data)
+    if not items:
+        raise ValueError(f"no train items found under {data} (expected {DATASETS} folders with items.jsonl)")
+    train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
+    tasks = build_tasks(items)
+    image_keys = sorted({k for t in tasks for kind, refs in ((t.query_kind, t.queries), (t.target_kind, t.targets))
+                         if kind == "image" for r in refs for k in ([r] if isinstance(r, str) else r)})
+    texts = sorted({k for t in tasks for kind, refs in ((t.query_kind, t.queries), (t.target_kind, t.targets))
+                    if kind == "text" for r in refs for k in ([r] if isinstance(r, str) else r)})
+    cache = TowerCache(Path(cache_dir) / "towers.npz")
+    files, views = zip(*(k.rsplit("|", 1) for k in image_keys))
+    bad = set(cache.fill(files, views))
+    if bad:
+        log.warning("skipping %d unreadable images: %s", len(bad), sorted(bad)[:5])
+    feats = Features(cache, [k for k in image_keys if k not in bad], texts)
+    class_text = torch.from_numpy(text_embeddings(imagenet_class_names()))
+
+    log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
+    heads = train_heads(LiteHeads(heads_cfg, class_text), build_tasks(train), feats, cfg)
+    chosen = pick_mixes(heads, feats, dev)
+    log.info("chosen mixes: image %.2f, text %.2f; refitting on all train items", chosen.image_mix, chosen.text_mix)
+    heads = train_heads(LiteHeads(chosen, class_text), tasks, feats, cfg)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    heads.save(out)
+    log.info("saved %s", out)
+    return out

@@ -1,0 +1,36 @@
+"""Typed values that cross module borders. Each validates itself on construction."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class GalleryItem:
+    id: str                        # unique within its gallery
+    path: Path                     # image file
+    caption: str | None = None     # human description, if known
+    label: str | None = None       # class name, if known
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)  # any other metadata
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str | None = None        # free text (may accompany an image)
+    image: Image.Image | None = field(default=None, compare=False)  # RGB query image
+
+    def __post_init__(self) -> None:
+        text = (self.text or "").strip()
+        object.__setattr__(self, "text", text or None)
+        if self.text is None and self.image is None:
+            raise ValueError("empty query: give a text, an image, or both")
+
+
+@dataclass(frozen=True)
+class Hit:
+    item: GalleryItem              # the gallery image found
+    score: float                   # similarity to the query (inner product of unit vectors)
+    rank: int                      # 1 = best
