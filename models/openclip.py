@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .base import Encoder, file_sha256, l2_normalize
+from .registry import RegistryError
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[str | None, d
     import open_clip
 
     if arch not in open_clip.list_models():
-        raise ValueError(f"unknown open_clip architecture {arch!r}; see open_clip.list_models()")
+        close = [m for m in open_clip.list_models() if m.lower().startswith(arch.lower()[:5])][:8]
+        raise RegistryError(f"unknown open_clip architecture {arch!r}; similar: {close or 'none'} "
+                            "(all: open_clip.list_models())")
     if pretrained is None:
         return None, {}
     if Path(pretrained).expanduser().is_file():
@@ -67,7 +70,9 @@ def resolve_pretrained(arch: str, pretrained: str | None) -> tuple[str | None, d
     cfg = open_clip.get_pretrained_cfg(arch, pretrained)
     if not cfg:
         tags = open_clip.list_pretrained_tags_by_model(arch)
-        raise ValueError(f"unknown pretrained tag {pretrained!r} for {arch}; known tags: {tags}")
+        known = f"known tags: {tags}" if tags else f"{arch} has no pretrained tags"
+        raise RegistryError(f"unknown pretrained tag {pretrained!r} for {arch}; {known}. Give a checkpoint "
+                            "path instead, or no pretrained part for random weights")
     if _hub_reachable():
         return pretrained, cfg
     cached = _cached_hub_file(cfg["hf_hub"]) if cfg.get("hf_hub") else None
@@ -84,11 +89,11 @@ class OpenClipEncoder(Encoder):
         import open_clip
 
         source, cfg = resolve_pretrained(arch, pretrained)
-        if source is None:
-            torch.manual_seed(0)  # random weights, but the same ones every time (stable fingerprint)
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            arch, pretrained=source, force_quick_gelu=bool(cfg.get("quick_gelu", False)),
-            image_mean=cfg.get("mean"), image_std=cfg.get("std"))
+        with torch.random.fork_rng():
+            torch.manual_seed(0)  # random weights are the same every time (stable fingerprint)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                arch, pretrained=source, force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+                image_mean=cfg.get("mean"), image_std=cfg.get("std"))
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = open_clip.get_tokenizer(arch)
         self.preprocess = preprocess

@@ -6,7 +6,6 @@ import logging
 import sys
 
 
-
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_outputs
 
@@ -30,6 +29,8 @@ def _train_encoder(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from models import OfflineError
+
     from .config import CACHE_DIR, DEFAULT_ENCODER, PROJECT_ROOT
 
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, OfflineError) as e:  # bad input or setup: a message, not a traceback
         parser.exit(2, f"error: {e}\n")
 
 

@@ -31,7 +31,7 @@ class SearchEngine:
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         vecs, ok, bad = cached_embed_files(enc, [it.path for it in items], Path(cache_dir or CACHE_DIR), "gallery")
         skipped = [(items[i].path, reason) for i, reason in bad]
-        for path, reason in skipped:
+        for _, reason in skipped:
             log.warning("gallery: skipped %s", reason)
         index = VectorIndex(enc.dim)
         index.add(vecs)

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.lite import image_tower_outputs, load_image_tower, preprocess_image
+from models.lite import FEATURE_DIMS, image_tower_outputs, load_image_tower, preprocess_image
 
 from .images import iter_batches
 
@@ -29,21 +29,20 @@ TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
 
 
 class TowerCache:
-    """key ("path|transform") -> (features float16 (1280,), logits float16 (1000,)) in one .npz."""
+    """key ("path|transform") -> every named tower output (float16) in one .npz."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.index: dict[str, int] = {}
-        self.feats = np.zeros((0, 1280), np.float16)
-        self.logits = np.zeros((0, 1000), np.float16)
+        self.arrays = {name: np.zeros((0, dim), np.float16) for name, dim in FEATURE_DIMS.items()}
         if self.path.is_file():
             z = np.load(self.path)
             self.index = {k: i for i, k in enumerate(z["keys"].tolist())}
-            self.feats, self.logits = z["feats"], z["logits"]
+            self.arrays = {name: z[name] for name in FEATURE_DIMS}
 
-    def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         rows = [self.index[k] for k in keys]
-        return self.feats[rows].astype(np.float32), self.logits[rows].astype(np.float32)
+        return {name: a[rows].astype(np.float32) for name, a in self.arrays.items()}
 
     def fill(self, paths: Sequence[str], transforms: Sequence[str], batch_size: int = 64) -> list[str]:
         """Compute what is missing; return the keys of images that could not be read."""
@@ -52,34 +51,32 @@ class TowerCache:
         if not todo:
             return []
         tower = load_image_tower()
-        bad, new_keys, new_f, new_l = [], [], [], []
+        bad = []
         for t in sorted({k.rsplit("|", 1)[1] for k in todo}):
             group = [k for k in todo if k.rsplit("|", 1)[1] == t]
-            group_paths = [k.rsplit("|", 1)[0] for k in group]
+            new_keys, new = [], {name: [] for name in FEATURE_DIMS}
             bar = tqdm(total=len(group), desc=f"tower outputs {t or 'original'}", unit="img")
-            for pos, pixels, failed in iter_batches(group_paths, preprocess_image, batch_size, TRANSFORMS[t]):
+            for pos, pixels, failed in iter_batches([k.rsplit("|", 1)[0] for k in group], preprocess_image,
+                                                    batch_size, TRANSFORMS[t]):
                 if pos:
-                    f, lg = image_tower_outputs(tower, pixels)
+                    for name, v in image_tower_outputs(tower, pixels).items():
+                        new[name].append(v.half().numpy())
                     new_keys += [group[i] for i in pos]
-                    new_f.append(f.half().numpy())
-                    new_l.append(lg.half().numpy())
                 bad += [group[i] for i, _ in failed]
                 bar.update(len(pos) + len(failed))
             bar.close()
-            self._append(new_keys, new_f, new_l)
-            new_keys, new_f, new_l = [], [], []
+            self._append(new_keys, new)
         return bad
 
-    def _append(self, keys: list[str], feats: list[np.ndarray], logits: list[np.ndarray]) -> None:
+    def _append(self, keys: list[str], new: dict[str, list[np.ndarray]]) -> None:
         if not keys:
             return
         base = len(self.index)
         self.index.update({k: base + i for i, k in enumerate(keys)})
-        self.feats = np.concatenate([self.feats, *feats])
-        self.logits = np.concatenate([self.logits, *logits])
+        self.arrays = {name: np.concatenate([a, *new[name]]) for name, a in self.arrays.items()}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp.npz")
-        np.savez(tmp, keys=np.array(list(self.index)), feats=self.feats, logits=self.logits)
+        np.savez(tmp, keys=np.array(list(self.index)), **self.arrays)
         tmp.replace(self.path)
 
 

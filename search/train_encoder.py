@@ -111,15 +111,14 @@ class Features:
     """Cached tower outputs as tensors, addressed by image key or text."""
 
     def __init__(self, cache: TowerCache, image_keys: list[str], texts: list[str]) -> None:
-        feats, logits = cache.get(image_keys)
         self.row = {k: i for i, k in enumerate(image_keys)}
-        self.feats, self.logits = torch.from_numpy(feats), torch.from_numpy(logits)
+        self.arrays = {name: torch.from_numpy(a) for name, a in cache.get(image_keys).items()}
         self.trow = {t: i for i, t in enumerate(texts)}
         self.text = torch.from_numpy(text_embeddings(texts))
 
-    def image(self, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def image(self, keys: list[str]) -> dict[str, torch.Tensor]:
         rows = torch.tensor([self.row[k] for k in keys])
-        return self.feats[rows], self.logits[rows]
+        return {name: a[rows] for name, a in self.arrays.items()}
 
     def texts(self, texts: list[str]) -> torch.Tensor:
         return self.text[torch.tensor([self.trow[t] for t in texts])]
@@ -128,8 +127,17 @@ class Features:
 def learned(heads: LiteHeads, feats: Features, kind: str, refs: list[str], dropout: float = 0.0) -> torch.Tensor:
     if kind == "text":
         return heads.text_learned(feats.texts(refs))
-    f, lg = feats.image(refs)
-    return heads.image_learned(F.dropout(f, dropout, heads.training), lg)
+    return heads.image_learned(F.dropout(heads.head_input(feats.image(refs)), dropout, heads.training))
+
+
+def fit_standardisation(heads: LiteHeads, feats: Features, keys: list[str]) -> None:
+    """Per-dimension mean/std of the image head's input over the training images."""
+    with torch.no_grad():
+        heads.feat_mean.zero_()
+        heads.feat_std.fill_(1.0)
+        x = heads.head_input(feats.image(keys))
+        heads.feat_mean.copy_(x.mean(0))
+        heads.feat_std.copy_(x.std(0) + 1e-3)
 
 
 def multi_positive_nce(q: torch.Tensor, t: torch.Tensor, keys: list[str], temperature: float) -> torch.Tensor:
@@ -143,11 +151,22 @@ def multi_positive_nce(q: torch.Tensor, t: torch.Tensor, keys: list[str], temper
                   + torch.sum(-target * logits.T.log_softmax(1), 1).mean())
 
 
+def task_refs(tasks: list[Task], kind: str) -> list[str]:
+    """Every image key (kind "image") or text (kind "text") the tasks use, sorted."""
+    refs = set()
+    for t in tasks:
+        if t.query_kind == kind:
+            refs.update(t.queries)
+        if t.target_kind == kind:
+            refs.update(r for candidates in t.targets for r in candidates)
+    return sorted(refs)
+
+
 def train_heads(heads: LiteHeads, tasks: list[Task], feats: Features, cfg: TrainConfig) -> LiteHeads:
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
-    params = [p for n, p in heads.named_parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fit_standardisation(heads, feats, task_refs(tasks, "image"))
+    opt = torch.optim.AdamW(heads.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
     heads.train()
     for step in range(cfg.steps):
@@ -193,10 +212,10 @@ def dev_benchmarks(dev: list[dict]) -> dict[str, tuple[list, list, list[set]]]:
 def score_mix(heads: LiteHeads, feats: Features, bench: tuple, metric: str) -> float:
     queries, gallery, relevant = bench
     with torch.no_grad():
-        g = heads.embed_image(*feats.image(gallery)).numpy()
+        g = heads.embed_image(feats.image(gallery)).numpy()
         kind = queries[0][0]
         refs = [r for _, r in queries]
-        q = (heads.embed_text(feats.texts(refs)) if kind == "text" else heads.embed_image(*feats.image(refs))).numpy()
+        q = (heads.embed_text(feats.texts(refs)) if kind == "text" else heads.embed_image(feats.image(refs))).numpy()
     ranked = rank_all(q, g)
     return mean_metrics([query_metrics([gallery[j] for j in row], rel) for row, rel in zip(ranked, relevant)])[metric]
 
@@ -232,10 +251,7 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path = ".c
         raise ValueError(f"no train items found under {data} (expected {DATASETS} folders with items.jsonl)")
     train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
     tasks = build_tasks(items)
-    image_keys = sorted({k for t in tasks for kind, refs in ((t.query_kind, t.queries), (t.target_kind, t.targets))
-                         if kind == "image" for r in refs for k in ([r] if isinstance(r, str) else r)})
-    texts = sorted({k for t in tasks for kind, refs in ((t.query_kind, t.queries), (t.target_kind, t.targets))
-                    if kind == "text" for r in refs for k in ([r] if isinstance(r, str) else r)})
+    image_keys, texts = task_refs(tasks, "image"), task_refs(tasks, "text")
     cache = TowerCache(Path(cache_dir) / "towers.npz")
     files, views = zip(*(k.rsplit("|", 1) for k in image_keys))
     bad = set(cache.fill(files, views))
