@@ -110,12 +110,15 @@ class TextTower:
         return torch.cat(out)
 
 
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names (first synonym of each synset description, from timm)."""
+CLASS_PROMPT = "a photo of a {}"  # how class names are phrased before MiniLM embeds them
+
+
+def imagenet_class_prompts() -> list[str]:
+    """The 1000 ImageNet classes as prompts (first synonym of each synset description, from timm)."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return [info.index_to_description(i).split(",")[0].strip() for i in range(N_CLASSES)]
+    return [CLASS_PROMPT.format(info.index_to_description(i).split(",")[0].strip()) for i in range(N_CLASSES)]
 
 
 # ---------------------------------------------------------------- trainable heads
@@ -125,9 +128,9 @@ class HeadsConfig:
 
     dim: int = 256                            # size of the learned part
     hidden: int = 0                           # hidden width of the image head MLP (0: linear)
-    image_features: tuple[str, ...] = ("pooled",)  # tower outputs feeding the image head
+    image_features: tuple[str, ...] = ("pooled", "grid2", "mid4")  # tower outputs feeding the image head
     temperature: float = 1.0                  # softmax temperature on an image's class logits
-    text_temperature: float = 0.05            # softmax temperature on a text's class-name similarities
+    text_temperature: float = 0.03            # softmax temperature on a text's class-prompt similarities
     power: float = 0.5                        # class probabilities ** power (0.5: Hellinger embedding)
     image_mix: float = 0.5                    # weight of the bridge part in image vectors
     text_mix: float = 0.5                     # weight of the bridge part in text vectors

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
     p.add_argument("--out", default=str(PROJECT_ROOT / "models" / "weights" / "lite_heads.pt"))
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="tower-output cache (default %(default)s)")
-    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--steps", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_encoder)
 
