@@ -13,8 +13,13 @@ from PIL import Image, ImageFilter, ImageOps
 from models import create_encoder
 from search.train_encoder import TrainConfig, multi_positive_nce, split_dev, train_encoder
 
-PHOTOS = {"cat": "chelsea", "coffee": "coffee", "rocket": "rocket", "astronaut": "astronaut",
-          "motorcycle": "motorcycle_left", "coins": "coins"}
+SKIMAGE_DATA = Path(skimage.data.__file__).parent
+PHOTOS = {"cat": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg", "astronaut": "astronaut.png",
+          "motorcycle": "motorcycle_left.png", "coins": "coins.png"}
+
+
+def photo(file: str) -> Image.Image:
+    return Image.open(SKIMAGE_DATA / file).convert("RGB")
 
 
 def test_nce_is_low_when_pairs_align_and_counts_same_key_as_positive() -> None:
@@ -50,21 +55,21 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The four training datasets' layout, made from package photos: edge maps stand in for sketches."""
     root = tmp_path_factory.mktemp("data")
     rows: dict[str, list[dict]] = {"sketchy": [], "pacs": [], "imagenet": [], "quickdraw": []}
-    for label, name in PHOTOS.items():
-        photo = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
-        sketch = ImageOps.invert(photo.convert("L").filter(ImageFilter.FIND_EDGES)).convert("RGB")
+    for label, file in PHOTOS.items():
+        name, image = Path(file).stem, photo(file)
+        sketch = ImageOps.invert(image.convert("L").filter(ImageFilter.FIND_EDGES)).convert("RGB")
         rows["sketchy"] += [
-            {"id": f"sketchy/photo/{name}", "path": _write(root / "sketchy", f"photo/{name}.jpg", photo),
+            {"id": f"sketchy/photo/{name}", "path": _write(root / "sketchy", f"photo/{name}.jpg", image),
              "style": "photo", "label": label, "group": name, "split": "train"},
             {"id": f"sketchy/sketch/{name}", "path": _write(root / "sketchy", f"sketch/{name}.png", sketch),
              "style": "sketch", "label": label, "group": name, "split": "train"}]
         rows["pacs"] += [
-            {"id": f"pacs/photo/{name}", "path": _write(root / "pacs", f"photo/{name}.jpg", photo),
+            {"id": f"pacs/photo/{name}", "path": _write(root / "pacs", f"photo/{name}.jpg", image),
              "style": "photo", "label": label, "split": "train"},
             {"id": f"pacs/painting/{name}", "path": _write(root / "pacs", f"painting/{name}.jpg",
-                                                           ImageOps.posterize(photo, 2)),
+                                                           ImageOps.posterize(image, 2)),
              "style": "painting", "label": label, "split": "train"}]
-        rows["imagenet"].append({"id": f"imagenet/{name}", "path": _write(root / "imagenet", f"{name}.jpg", photo),
+        rows["imagenet"].append({"id": f"imagenet/{name}", "path": _write(root / "imagenet", f"{name}.jpg", image),
                                  "style": "photo", "label": label, "split": "train"})
         rows["quickdraw"].append({"id": f"quickdraw/{name}", "path": _write(root / "quickdraw", f"{name}.png", sketch),
                                   "style": "doodle", "label": label, "split": "train"})
@@ -78,7 +83,7 @@ def test_train_encoder_writes_heads_the_registry_loads(tiny_data: Path, tmp_path
     out = train_encoder(tiny_data, tmp_path / "heads.pt", tmp_path / "cache",
                         cfg=TrainConfig(steps=60, batch=16, dev_fraction=0.3))
     enc = create_encoder("lite", weights=str(out))
-    photos = [Image.fromarray(getattr(skimage.data, n)()).convert("RGB") for n in PHOTOS.values()]
+    photos = [photo(f) for f in PHOTOS.values()]
     vecs = enc.encode_images(photos)
     assert vecs.shape == (len(PHOTOS), enc.dim) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
