@@ -4,7 +4,8 @@ Stage 1 caches the frozen towers' outputs (once; later runs reuse them). Stage 2
 learned part with a multi-positive InfoNCE over several tasks, each a list of (query, target)
 pairs sharing a positive key: sketch -> its photo, PACS sketch/painting/cartoon -> photos of the
 same class, low-res (mosaic / 32-px) -> its photo, class words -> photos, doodles -> class words.
-Stage 3 picks the bridge/learned mix per modality on a dev split carved out of `train`.
+Stage 3 fits on `train` minus a dev split (whole classes held out), picks the bridge/learned mixes
+on that dev split, and refits on all of `train` with them.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.lite import HeadsConfig, LiteHeads, imagenet_class_prompts
+from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_prompts
 
 from .metrics import mean_metrics, query_metrics, rank_all
 from .tower_cache import TowerCache, text_embeddings
@@ -99,7 +100,7 @@ def build_tasks(items: list[dict]) -> list[Task]:
     lr = [(r, v) for r in photos for v in LOWRES_VIEWS]
     tasks.append(Task("lowres->photo", "image", "image", [img_key(r, v) for r, v in lr],
                       [[img_key(r)] for r, _ in lr], [r["id"] for r, _ in lr]))
-    tasks.append(Task("word->photo", "text", "image", [f"a photo of a {r['label']}" for r in photos],
+    tasks.append(Task("word->photo", "text", "image", [CLASS_PROMPT.format(r["label"]) for r in photos],
                       [[img_key(r)] for r in photos], [r["label"] for r in photos]))
     dd = [r for r in items if r["style"] == "doodle"]
     tasks.append(Task("doodle->word", "image", "text", [img_key(r) for r in dd],
@@ -202,7 +203,7 @@ def dev_benchmarks(dev: list[dict]) -> dict[str, tuple[list, list, list[set]]]:
     benches["pacs"] = ([("image", img_key(r)) for r in pc], [img_key(r) for r in pc_ph],
                        [{img_key(p) for p in pc_ph if p["label"] == r["label"]} for r in pc])
     im = [r for r in photos if r["id"].startswith("imagenet/")]
-    benches["words"] = ([("text", f"a photo of a {r['label']}") for r in im], [img_key(r) for r in im],
+    benches["words"] = ([("text", CLASS_PROMPT.format(r["label"])) for r in im], [img_key(r) for r in im],
                         [{img_key(r)} for r in im])
     benches["lowres"] = ([("image", img_key(r, "tiny32")) for r in sk_ph], [img_key(r) for r in sk_ph],
                          [{img_key(r)} for r in sk_ph])
@@ -260,15 +261,16 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     items = read_items(data)
     if not items:
         raise ValueError(f"no train items found under {data} (expected {DATASETS} folders with items.jsonl)")
-    train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
     tasks = build_tasks(items)
-    image_keys, texts = task_refs(tasks, "image"), task_refs(tasks, "text")
     cache = TowerCache(Path(cache_dir) / "towers.npz")
-    files, views = zip(*(k.rsplit("|", 1) for k in image_keys))
-    bad = set(cache.fill(files, views))
-    if bad:
-        log.warning("skipping %d unreadable images: %s", len(bad), sorted(bad)[:5])
-    feats = Features(cache, [k for k in image_keys if k not in bad], texts)
+    files, views = zip(*(k.rsplit("|", 1) for k in task_refs(tasks, "image")))
+    bad_files = {k.rsplit("|", 1)[0] for k in cache.fill(files, views)}
+    if bad_files:
+        log.warning("leaving out %d unreadable images: %s", len(bad_files), sorted(bad_files)[:5])
+        items = [r for r in items if r["file"] not in bad_files]
+        tasks = build_tasks(items)
+    train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
+    feats = Features(cache, task_refs(tasks, "image"), task_refs(tasks, "text"))
     class_text = torch.from_numpy(text_embeddings(imagenet_class_prompts()))
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
