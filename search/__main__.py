@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     from models import OfflineError
 
     from .config import CACHE_DIR, DEFAULT_ENCODER, PROJECT_ROOT
+    from .train_encoder import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -51,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
     p.add_argument("--out", default=str(PROJECT_ROOT / "models" / "weights" / "lite_heads.pt"))
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="tower-output cache (default %(default)s)")
-    p.add_argument("--steps", type=int, default=600)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.set_defaults(func=_train_encoder)
 
     args = parser.parse_args(argv)
