@@ -8,15 +8,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from pathlib import Path
 
 import gradio as gr
 from PIL import Image
 
-from models import get_encoder
 from search.config import CACHE_DIR, DEFAULT_ENCODER, DEFAULT_TOP_K
 from search.engine import SearchEngine
-from search.gallery import default_gallery, folder_gallery
+from search.gallery import default_gallery
 from search.types import Hit, Query
 
 log = logging.getLogger("app")
@@ -71,9 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python app.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
-    add("--gallery", metavar="DIR", help="index every image under DIR (default: built-in photos)")
-    add("--encoder", metavar="NAME", default=DEFAULT_ENCODER, help="encoder name (default %(default)s)")
-    add("--cache-dir", metavar="DIR", default=str(CACHE_DIR), help="gallery embedding cache (default %(default)s)")
+    add("--gallery", metavar="SOURCE",
+        help="index a folder (recursive), a .jsonl/.csv manifest or a .zip of images (default: built-in photos)")
+    add("--index", metavar="DIR", help="serve an index directory built by `python -m search index`")
+    add("--encoder", metavar="NAME", help=f"encoder name (default {DEFAULT_ENCODER}; with --index, the index's own)")
+    add("--cache-dir", metavar="DIR", default=str(CACHE_DIR),
+        help="where --gallery and the built-in photos are indexed (default %(default)s)")
     add("--top-k", metavar="K", type=int, default=DEFAULT_TOP_K, help="results shown (default %(default)s)")
     add("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         help="address to serve on (default %(default)s; env GRADIO_SERVER_NAME)")
@@ -82,6 +83,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--share", action="store_true", help="also serve through a public gradio.live link")
     add("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if args.gallery and args.index:
+        parser.error("give --gallery or --index, not both")
+    if not args.index:
+        args.encoder = args.encoder or DEFAULT_ENCODER
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
     return args
@@ -92,12 +97,17 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        items = folder_gallery(Path(args.gallery)) if args.gallery else default_gallery()
-        encoder = get_encoder(args.encoder)   # unknown name -> RegistryError listing the known ones
-    except (FileNotFoundError, ValueError) as e:
+        if args.index:
+            engine = SearchEngine.open(args.index, args.encoder)
+        elif args.gallery:
+            engine, _ = SearchEngine.from_source(args.gallery, args.encoder, args.cache_dir)
+        else:
+            engine, _ = SearchEngine.build(default_gallery(), args.encoder, name="default-gallery",
+                                           cache_dir=args.cache_dir)
+    except (OSError, ValueError) as e:  # missing folder, bad source, unknown encoder, index of another encoder
         raise SystemExit(f"app.py: error: {e}") from e
-    engine = SearchEngine.build(items, encoder, cache_dir=args.cache_dir)
-    log.info("indexed %d images with encoder %s (%d skipped)", len(engine.items), args.encoder, len(engine.skipped))
+    log.info("serving %d images with encoder %s (%d skipped)", len(engine.items), engine.encoder.fingerprint,
+             len(engine.skipped))
     build_ui(engine, args.top_k).launch(server_name=args.host, server_port=args.port, share=args.share,
                                         allowed_paths=gallery_dirs(engine))
 

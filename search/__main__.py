@@ -1,9 +1,10 @@
-"""Command line: `python -m search {eval,train-encoder} ...` (offline stages; serving is app.py)."""
+"""Command line: `python -m search {index,query,eval,train-encoder} ...` (offline stages; serving is app.py)."""
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -18,6 +19,38 @@ def _eval(args: argparse.Namespace) -> int:
         for p in result.problems:
             print(f"  {p}")
     write_outputs(result, args.out, args.rankings_out)
+    return 0
+
+
+def _index(args: argparse.Namespace) -> int:
+    from models import get_encoder
+
+    from .gallery import read_source
+    from .gallery_index import build_index
+    from .index import IndexSpec
+
+    out = Path(args.out)
+    items, skipped = read_source(args.source, extract_to=out / "files")
+    spec = IndexSpec(args.factory, args.params, args.rerank) if args.factory else None
+    index, report = build_index(items, out, get_encoder(args.encoder), spec=spec, source=str(args.source),
+                                skipped=skipped, rebuild=args.rebuild, checkpoint_seconds=args.checkpoint_seconds)
+    print(f"{out}: {len(index)} images · encoder {index.meta.fingerprint} · index {index.meta.factory}"
+          f"{' ' + index.meta.params if index.meta.params else ''}"
+          f"{f' · exact re-ranking of {index.meta.rerank}' if index.meta.rerank else ''}")
+    print(report.summary())
+    print(f"log: {out / 'index.log'}")
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from .engine import SearchEngine
+    from .images import load_image
+    from .types import Query
+
+    engine = SearchEngine.open(args.index, args.encoder)
+    query = Query(text=args.text, image=load_image(args.image) if args.image else None)
+    for hit in engine.search(query, k=args.k):
+        print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.item.id}")
     return 0
 
 
@@ -37,6 +70,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("index", help="index a folder, manifest (.jsonl/.csv) or .zip of images into a directory")
+    p.add_argument("source", help="folder (recursive), manifest with a path column, or .zip")
+    p.add_argument("--out", required=True, help="index directory (created; re-running updates it)")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name (default {DEFAULT_ENCODER})")
+    p.add_argument("--factory", help="FAISS index_factory string, e.g. Flat, HNSW32, 'PCAR256,IVF4096,PQ64x4fs' "
+                                     "(default: chosen by gallery size)")
+    p.add_argument("--params", default="", help="FAISS search parameters with --factory, e.g. nprobe=32")
+    p.add_argument("--rerank", type=int, default=0,
+                   help="with --factory: re-score this many candidates exactly (for compressed indexes)")
+    p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with another encoder)")
+    p.add_argument("--checkpoint-seconds", type=float, default=30.0,
+                   help="save progress this often, so an interrupted run resumes (default %(default)s)")
+    p.set_defaults(func=_index)
+
+    p = sub.add_parser("query", help="search an index directory from the command line")
+    p.add_argument("index", help="index directory")
+    p.add_argument("--text", help="text query")
+    p.add_argument("--image", help="image query file")
+    p.add_argument("-k", type=int, default=10, help="results (default %(default)s)")
+    p.add_argument("--encoder", help="encoder (default: the one the index was built with)")
+    p.set_defaults(func=_query)
 
     p = sub.add_parser("eval", help="retrieval metrics on a benchmark folder (gallery.jsonl + queries.jsonl)")
     p.add_argument("benchmark", help="benchmark folder")

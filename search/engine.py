@@ -1,7 +1,9 @@
-"""A searchable gallery: items + their vectors in an index + the encoder that made them."""
+"""A searchable gallery: an index directory + the encoder that made it; queries in, typed hits out."""
 from __future__ import annotations
 
+import hashlib
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,10 +12,10 @@ import numpy as np
 from models import Encoder, get_encoder
 
 from .config import CACHE_DIR
-from .embedding import cached_embed_files
-from .index import VectorIndex
+from .gallery import read_source
+from .gallery_index import BuildReport, GalleryIndex, build_index, read_meta
 from .rankings import get_ranking
-from .types import GalleryItem, Hit, Query
+from .types import GalleryItem, Hit, Query, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -21,21 +23,44 @@ log = logging.getLogger(__name__)
 @dataclass
 class SearchEngine:
     encoder: Encoder
-    items: list[GalleryItem]          # row i of the index is items[i]
-    index: VectorIndex
-    skipped: list[tuple[Path, str]]   # gallery files that could not be read, with the reason
+    gallery: GalleryIndex
+
+    @property
+    def items(self) -> list[GalleryItem]:
+        return self.gallery.items
+
+    @property
+    def skipped(self) -> list[Skipped]:
+        return self.gallery.skipped
 
     @classmethod
-    def build(cls, items: list[GalleryItem], encoder: str | Encoder = "lite",
-              cache_dir: str | Path | None = CACHE_DIR) -> SearchEngine:
+    def open(cls, index_dir: str | Path, encoder: str | Encoder | None = None) -> SearchEngine:
+        """A built index directory; the encoder defaults to the one it was built with."""
+        meta = read_meta(Path(index_dir))
+        name = encoder or (meta.encoder if meta else "lite")
+        enc = get_encoder(name) if isinstance(name, str) else name
+        return cls(enc, GalleryIndex.load(index_dir, enc))
+
+    @classmethod
+    def build(cls, items: list[GalleryItem], encoder: str | Encoder = "lite", index_dir: str | Path | None = None,
+              name: str = "gallery", skipped: list[Skipped] | None = None,
+              cache_dir: str | Path = CACHE_DIR) -> tuple[SearchEngine, BuildReport]:
+        """Index `items` (incrementally) into `index_dir`, by default a folder of the cache named after them."""
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
-        vecs, ok, bad = cached_embed_files(enc, [it.path for it in items], Path(cache_dir or CACHE_DIR), "gallery")
-        skipped = [(items[i].path, reason) for i, reason in bad]
-        for _, reason in skipped:
-            log.warning("gallery: skipped %s", reason)
-        index = VectorIndex(enc.dim)
-        index.add(vecs)
-        return cls(enc, [items[i] for i in ok], index, skipped)
+        index_dir = index_dir or cache_index_dir(cache_dir, name, enc)
+        gallery, report = build_index(items, index_dir, enc, source=name, skipped=skipped)
+        for s in report.skipped:
+            log.warning("gallery: skipped %s", s)
+        return cls(enc, gallery), report
+
+    @classmethod
+    def from_source(cls, source: str | Path, encoder: str | Encoder = "lite",
+                    cache_dir: str | Path = CACHE_DIR) -> tuple[SearchEngine, BuildReport]:
+        """A folder, manifest or zip, indexed under the cache (the same code as `python -m search index`)."""
+        enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
+        index_dir = cache_index_dir(cache_dir, str(Path(source).resolve()), enc)
+        items, skipped = read_source(source, extract_to=index_dir / "files")
+        return cls.build(items, enc, index_dir, str(source), skipped)
 
     def encode(self, query: Query) -> np.ndarray:
         """(dim,) unit vector; a text + image query averages the two (composite weighting comes later)."""
@@ -48,5 +73,11 @@ class SearchEngine:
         return (v / np.linalg.norm(v)).astype(np.float32)
 
     def search(self, query: Query, k: int = 12, ranking: str = "baseline") -> list[Hit]:
-        scores, rows = get_ranking(ranking)(self.encode(query)[None], self.index, k)
-        return [Hit(self.items[r], float(s), n) for n, (s, r) in enumerate(zip(scores[0], rows[0]), start=1)]
+        return get_ranking(ranking)(self.encode(query)[None], self.gallery, k)[0]
+
+
+def cache_index_dir(cache_dir: str | Path, name: str, encoder: Encoder) -> Path:
+    """CACHE/indexes/<readable name>-<hash of name and encoder>."""
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).name or "gallery").strip("-")[:40] or "gallery"
+    digest = hashlib.sha1(f"{name}\0{encoder.name}".encode()).hexdigest()[:10]
+    return Path(cache_dir) / "indexes" / f"{slug}-{digest}"

@@ -3,20 +3,24 @@ from __future__ import annotations
 
 import json
 import logging
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from models import get_encoder
+from models import Encoder, get_encoder
 
 from .benchmark import Benchmark, Problem, load_benchmark
 from .config import CACHE_DIR, DEFAULT_ENCODER
-from .embedding import cached_embed_files, embed_files
-from .index import VectorIndex
+from .embedding import embed_files
+from .engine import cache_index_dir
+from .gallery_index import GalleryIndex, build_index
+from .index import IndexSpec
 from .metrics import METRICS, mean_metrics, query_metrics
 from .rankings import get_ranking
+from .types import Skipped
 
 log = logging.getLogger(__name__)
 
@@ -46,19 +50,25 @@ class EvalResult:
 
 def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str = "baseline",
              cache_dir: str | Path | None = CACHE_DIR) -> EvalResult:
-    """Embed the gallery (cached when `cache_dir` is set), run every query, score per style."""
-    rank = get_ranking(ranking)
+    """Index the gallery (kept under `cache_dir` for the next run, if set), run every query, score per style."""
     bench: Benchmark = load_benchmark(bench_dir)
     enc = get_encoder(encoder)
-    problems = list(bench.problems)
+    with tempfile.TemporaryDirectory() as tmp:
+        index_dir = Path(tmp) if cache_dir is None else cache_index_dir(cache_dir, f"bench-{bench.root.resolve()}", enc)
+        # exact search: benchmark figures measure the encoder and ranking, not an approximate index
+        gallery_index, report = build_index(bench.gallery, index_dir, enc, spec=IndexSpec("Flat"),
+                                            source=str(bench.root))
+        return _run_queries(bench, enc, gallery_index, report.skipped, encoder, ranking)
 
-    paths = [g.path for g in bench.gallery]
-    if cache_dir is None:
-        vecs, ok, bad = embed_files(enc, paths, "gallery")
-    else:
-        vecs, ok, bad = cached_embed_files(enc, paths, Path(cache_dir), "gallery")
-    problems += [Problem("gallery.jsonl", bench.gallery_lines[i], reason) for i, reason in bad]
-    gallery = [bench.gallery[i] for i in ok]
+
+def _run_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex, skipped: list[Skipped],
+                 encoder: str, ranking: str) -> EvalResult:
+    rank = get_ranking(ranking)
+    problems = list(bench.problems)
+    line_of = {str(g.path): n for g, n in zip(bench.gallery, bench.gallery_lines)}
+    problems += [Problem("gallery.jsonl", line_of[s.where], f"{Path(s.where).name}: {s.reason}")
+                 for s in skipped]
+    gallery = gallery_index.items
     gallery_ids = {g.id for g in gallery}
 
     queries = []
@@ -79,17 +89,16 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
         qvecs[[image_pos[i] for i in ok_q]] = ivecs
         for i, reason in bad_q:
             usable[image_pos[i]] = False
-            problems.append(Problem("queries.jsonl", queries[image_pos[i]].line, reason))
+            q = queries[image_pos[i]]
+            problems.append(Problem("queries.jsonl", q.line, f"{q.path.name}: {reason}"))
     queries = [q for q, u in zip(queries, usable) if u]
     qvecs = qvecs[usable]
 
-    index = VectorIndex(enc.dim)
-    index.add(vecs)
-    _, rows = rank(qvecs, index, len(gallery))  # full rankings, so mAP sees every relevant item
+    hits = rank(qvecs, gallery_index, len(gallery))  # full rankings, so mAP sees every relevant item
     per_style: dict[str, list[dict]] = defaultdict(list)
     rankings = []
-    for q, row in zip(queries, rows):
-        ranked = [gallery[j].id for j in row]
+    for q, row in zip(queries, hits):
+        ranked = [h.item.id for h in row]
         per_style[q.style].append(query_metrics(ranked, q.relevant))
         rankings.append((q.id, ranked))
     for p in problems:

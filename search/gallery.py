@@ -1,11 +1,17 @@
-"""Where gallery images come from: a folder, or the default set of photos that ship in packages."""
+"""Where gallery images come from: a folder, a manifest, a zip, or the photos that ship in packages."""
 from __future__ import annotations
 
+import csv
 import importlib.util
+import json
 import logging
-from pathlib import Path
+import os
+import shutil
+import zipfile
+from datetime import datetime
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
-from .types import GalleryItem
+from .types import GalleryItem, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +57,123 @@ def default_gallery() -> list[GalleryItem]:
     return items
 
 
-def folder_gallery(root: str | Path) -> list[GalleryItem]:
-    """Every image file under `root` (recursive, sorted); ids are paths relative to `root`."""
+def read_source(source: str | Path, extract_to: str | Path | None = None) -> tuple[list[GalleryItem], list[Skipped]]:
+    """A folder (recursive), a manifest (.jsonl / .csv) or a .zip -> (gallery items, entries left out).
+
+    A zip is extracted (only its image entries) under `extract_to`; entries that would land outside it
+    (`../`, absolute names) are refused.
+    """
+    source = Path(source)
+    if source.is_dir():
+        return folder_gallery(source)
+    if not source.is_file():
+        raise FileNotFoundError(f"gallery source {source} does not exist")
+    suffix = source.suffix.lower()
+    if suffix in (".jsonl", ".csv"):
+        return manifest_gallery(source)
+    if suffix == ".zip":
+        if extract_to is None:
+            raise ValueError("a .zip source needs a folder to extract to")
+        return zip_gallery(source, Path(extract_to))
+    raise ValueError(f"gallery source {source}: expected a folder, a .jsonl/.csv manifest or a .zip")
+
+
+def folder_gallery(root: str | Path) -> tuple[list[GalleryItem], list[Skipped]]:
+    """Every file with an image extension under `root` (recursive, sorted); ids are paths relative to `root`."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"gallery folder {root} does not exist")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+    paths = [p for p in files if p.suffix.lower() in IMAGE_EXTENSIONS]
     if not paths:
         raise ValueError(f"gallery folder {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-    return [GalleryItem(p.relative_to(root).as_posix(), p) for p in paths]
+    ignored = [Skipped(str(p), "not an image extension") for p in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    return [GalleryItem(p.relative_to(root).as_posix(), p) for p in paths], ignored
+
+
+PATH_COLUMNS = ("path", "file_name", "file", "filepath", "image")  # file_name: Hugging Face imagefolder
+
+
+def manifest_gallery(manifest: str | Path) -> tuple[list[GalleryItem], list[Skipped]]:
+    """Rows of a .jsonl or .csv manifest with a path column (relative to the manifest) and optional
+    `id`, `caption`/`captions`/`text` and `label` columns."""
+    manifest = Path(manifest)
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8") as f:
+            rows = list(enumerate(csv.DictReader(f), start=2))
+    else:
+        rows = []
+        for n, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((n, json.loads(line)))
+                except ValueError as e:
+                    rows.append((n, f"invalid JSON ({e})"))
+    items, skipped, seen = [], [], set()
+    for n, row in rows:
+        where = f"{manifest}:{n}"
+        rel = next((row[c] for c in PATH_COLUMNS if isinstance(row, dict) and row.get(c)), None)
+        if not isinstance(row, dict) or not isinstance(rel, str):
+            reason = row if isinstance(row, str) else f"no path column ({', '.join(PATH_COLUMNS)})"
+            skipped.append(Skipped(where, reason))
+            continue
+        path = manifest.parent / rel
+        item_id = str(row.get("id") or rel)
+        if item_id in seen:
+            skipped.append(Skipped(where, f"duplicate id {item_id!r}"))
+        elif not path.is_file():
+            skipped.append(Skipped(where, f"{rel}: no such file"))
+        else:
+            seen.add(item_id)
+            captions = row.get("captions") or row.get("caption") or row.get("text")
+            if isinstance(captions, list):
+                captions = captions[0] if captions else None
+            items.append(GalleryItem(item_id, path, captions or None, row.get("label") or None))
+    if not items:
+        raise ValueError(f"manifest {manifest} lists no usable images ({len(skipped)} bad rows)")
+    return items, skipped
+
+
+MAX_ENTRY_BYTES = 1 << 30  # zip entries that would inflate beyond this are refused (zip bombs)
+
+
+def zip_gallery(archive: str | Path, target: Path) -> tuple[list[GalleryItem], list[Skipped]]:
+    """Extract the image entries of `archive` under `target` (unchanged files are not rewritten)."""
+    archive, target = Path(archive), Path(target).resolve()
+    items, skipped = [], []
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise ValueError(f"{archive}: not a readable zip file ({e})") from e
+    with zf:
+        for info in zf.infolist():
+            name = info.filename
+            if info.is_dir():
+                continue
+            dest = (target / name).resolve()
+            if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or target not in dest.parents:
+                skipped.append(Skipped(f"{archive}!{name}", "refused: entry name escapes the extraction folder"))
+                continue
+            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+                skipped.append(Skipped(f"{archive}!{name}", "not an image extension"))
+                continue
+            if info.file_size > MAX_ENTRY_BYTES:
+                skipped.append(Skipped(f"{archive}!{name}", f"{info.file_size:,} bytes uncompressed is over the limit"))
+                continue
+            mtime = datetime(*info.date_time).timestamp()
+            if not (dest.is_file() and dest.stat().st_size == info.file_size and dest.stat().st_mtime == mtime):
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(dest.name + ".part")
+                try:
+                    with zf.open(info) as src, open(tmp, "wb") as out:
+                        shutil.copyfileobj(src, out)
+                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                    tmp.unlink(missing_ok=True)
+                    skipped.append(Skipped(f"{archive}!{name}", f"cannot extract ({e})"))
+                    continue
+                os.utime(tmp, (mtime, mtime))
+                tmp.replace(dest)
+            items.append(GalleryItem(name, dest))
+    if not items:
+        raise ValueError(f"zip {archive} holds no images")
+    return items, skipped

@@ -17,26 +17,31 @@ MAX_PIXELS = 64_000_000  # larger images are refused (decompression-bomb guard)
 
 
 class ImageLoadError(ValueError):
-    """A file that is not a usable image; the message says why."""
+    """A file that is not a usable image: `path` and why (`reason`)."""
+
+    def __init__(self, path: str | Path, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 def load_image(path: str | Path) -> Image.Image:
     """Open an image file as upright RGB, or raise ImageLoadError saying why it cannot be used."""
     path = Path(path)
     if not path.is_file():
-        raise ImageLoadError(f"{path}: no such file")
+        raise ImageLoadError(path, "no such file")
     if path.stat().st_size == 0:
-        raise ImageLoadError(f"{path}: empty file (0 bytes)")
+        raise ImageLoadError(path, "empty file (0 bytes)")
     try:
         with Image.open(path) as im:
             if im.width * im.height > MAX_PIXELS:
-                raise ImageLoadError(f"{path}: {im.width}x{im.height} pixels is over the {MAX_PIXELS:,} limit")
+                raise ImageLoadError(path, f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,} limit "
+                                             "(decompression bomb guard)")
             im.load()
             return to_rgb(ImageOps.exif_transpose(im))
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(f"{path}: not a readable image ({e})") from e
+        raise ImageLoadError(path, f"not a readable image ({e})") from e
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -59,18 +64,22 @@ def iter_batches(
     transform: Callable[[Image.Image], Image.Image] | None = None,
     workers: int = 2,
     prefetch: int = 3,
+    on_image: Callable[[int, Image.Image], None] | None = None,
 ) -> Iterator[tuple[list[int], torch.Tensor, list[tuple[int, str]]]]:
     """Decode + preprocess in threads, a few batches ahead of the consumer (the model).
 
-    Yields (positions of the good images, their stacked pixels, [(position, error)] for bad ones).
+    Yields (positions of the good images, their stacked pixels, [(position, reason)] for bad ones).
+    `on_image(position, upright RGB image)` runs in the decoding thread (e.g. to write a thumbnail).
     """
 
     def prepare(i: int) -> tuple[int, torch.Tensor | None, str | None]:
         try:
             im = load_image(paths[i])
+            if on_image:
+                on_image(i, im)
             return i, preprocess(transform(im) if transform else im), None
         except ImageLoadError as e:
-            return i, None, str(e)
+            return i, None, e.reason
 
     starts = list(range(0, len(paths), batch_size))
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -1,18 +1,19 @@
-"""Named rankings: how query vectors become ordered gallery rows. `baseline` is plain kNN."""
+"""Named rankings: how query vectors become ranked gallery hits. `baseline` is plain kNN."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import numpy as np
 
-from .index import VectorIndex
+from .gallery_index import GalleryIndex
+from .types import Hit
 
-Ranking = Callable[[np.ndarray, VectorIndex, int], tuple[np.ndarray, np.ndarray]]
+Ranking = Callable[[np.ndarray, GalleryIndex, int], list[list[Hit]]]
 
 
-def baseline(query_vecs: np.ndarray, index: VectorIndex, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest neighbours by cosine similarity -> (scores, rows), each (Q, k)."""
-    return index.search(query_vecs, k)
+def baseline(query_vecs: np.ndarray, gallery: GalleryIndex, k: int) -> list[list[Hit]]:
+    """Nearest neighbours by cosine similarity: per query, the k best hits."""
+    return gallery.search(query_vecs, k)
 
 
 RANKINGS: dict[str, Ranking] = {"baseline": baseline}

@@ -15,6 +15,11 @@ class GalleryItem:
     caption: str | None = None     # human description, if known
     label: str | None = None       # class name, if known
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # any other metadata
+    # filled in by indexing:
+    size: tuple[int, int] | None = None    # (width, height) in pixels, upright
+    bytes: int | None = None               # file size
+    thumbnail: Path | None = None          # small JPEG preview
+    aesthetic: float | None = None         # aesthetic score (higher = better), when a scorer ran
 
 
 @dataclass(frozen=True)
@@ -34,3 +39,14 @@ class Hit:
     item: GalleryItem              # the gallery image found
     score: float                   # similarity to the query (inner product of unit vectors)
     rank: int                      # 1 = best
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something left out of a gallery, and why (shown in summaries and index logs)."""
+
+    where: str                     # file path, "manifest:line" or "archive!entry"
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.reason}"

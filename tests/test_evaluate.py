@@ -225,10 +225,11 @@ def test_second_run_reuses_the_cache_with_the_same_result(bench: Path, tmp_path:
     cache = tmp_path / "cache"
     with caplog.at_level(logging.INFO, logger="search"):
         first = evaluate(bench, encoder=ENCODER, cache_dir=cache)
-        assert "reusing cached embeddings" not in caplog.text
+        assert "added 12" in caplog.text
+        caplog.clear()
         second = evaluate(bench, encoder=ENCODER, cache_dir=cache)
-        assert "reusing cached embeddings" in caplog.text
-    assert second.to_json() == first.to_json()  # including the unreadable gallery file, remembered by the cache
+        assert "added 0, re-used 12" in caplog.text  # the gallery index is kept in the cache
+    assert second.to_json() == first.to_json()  # including the unreadable gallery file
     assert second.rankings == first.rankings
     uncached = evaluate(bench, encoder=ENCODER, cache_dir=None)
     assert uncached.rankings == first.rankings
@@ -253,14 +254,14 @@ def test_cli_eval_prints_a_table_and_reuses_its_cache(bench: Path, tmp_path: Pat
     assert rows["overall"][-1] == str(len(GOOD_QUERIES))
     assert f"{len(EXPECTED_PROBLEMS)} bad row(s) skipped:" in first.stdout
     assert "  gallery.jsonl:14: " in first.stdout and "  queries.jsonl:9: " in first.stdout
-    assert "reusing cached embeddings" not in first.stderr
+    assert "added 12" in first.stderr
     data = json.loads(out.read_text())
     assert data["by_style"]["complement"]["mAP"] == pytest.approx(AP_COMPLEMENT)
     assert len(rankings_out.read_text().splitlines()) == len(GOOD_QUERIES)
 
     second = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "reusing cached embeddings" in second.stderr
+    assert "added 0, re-used 12" in second.stderr
     assert second.stdout == first.stdout
     assert json.loads(out.read_text()) == data
 

@@ -1,0 +1,343 @@
+"""An index directory on disk: a gallery's vectors, FAISS index, per-image metadata and thumbnails.
+
+Layout of INDEX_DIR:
+    index.json          encoder fingerprint, index spec, dimension, count, and the current snapshot
+    <snapshot>/         vectors.npy (float32, row i = item i), items.jsonl, faiss.index, skipped.jsonl
+    thumbs/             small JPEG previews, named by the image's identity
+    partial/            vectors embedded by an unfinished run (resumed, then removed)
+    index.log           what each run added, re-used, removed and skipped
+
+Every run writes a fresh snapshot and then switches `index.json` to it with an atomic rename, so an
+interrupted run (even `kill -9`) leaves the previous index intact and its work is re-used next time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from models import Encoder
+
+from .images import iter_batches
+from .index import IndexSpec, VectorIndex, auto_spec
+from .types import GalleryItem, Hit, Skipped
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+META_FILE = "index.json"
+THUMB_SIZE = 256
+
+
+class IndexMismatchError(ValueError):
+    """An index directory built by another encoder (its vectors mean nothing to this one)."""
+
+
+@dataclass(frozen=True)
+class IndexMeta:
+    encoder: str              # encoder name, as given to the registry
+    fingerprint: str          # encoder name@weights hash
+    factory: str              # FAISS index_factory string
+    params: str               # FAISS search parameters
+    rerank: int               # exact re-ranking shortlist (0 = none)
+    dim: int
+    count: int
+    snapshot: str             # sub-folder holding this version's files
+    source: str | None = None
+    updated: str = ""
+    version: int = FORMAT_VERSION
+
+    @property
+    def spec(self) -> IndexSpec:
+        return IndexSpec(self.factory, self.params, self.rerank)
+
+
+@dataclass
+class BuildReport:
+    added: int = 0            # images embedded by this run
+    reused: int = 0           # images whose vectors were kept (unchanged, or embedded by an interrupted run)
+    removed: int = 0          # images of the previous index no longer in the source
+    skipped: list[Skipped] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        rate = f" ({self.added / self.seconds:.1f} images/s)" if self.added and self.seconds else ""
+        lines = [f"added {self.added}{rate}, re-used {self.reused}, removed {self.removed}, "
+                 f"skipped {len(self.skipped)} in {self.seconds:.1f} s"]
+        lines += [f"  skipped {s}" for s in self.skipped]
+        return "\n".join(lines)
+
+
+def identity(path: Path) -> str:
+    """What must stay equal for a file's vector to be re-used: its absolute path, size and mtime."""
+    st = path.stat()
+    return f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:20]
+
+
+class GalleryIndex:
+    """A loaded index directory: items, their vectors in a FAISS index, searchable by vector."""
+
+    def __init__(self, root: Path, meta: IndexMeta, items: list[GalleryItem], index: VectorIndex,
+                 skipped: list[Skipped]) -> None:
+        self.root, self.meta, self.items, self.index, self.skipped = root, meta, items, index, skipped
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @classmethod
+    def load(cls, root: str | Path, encoder: Encoder | None = None) -> GalleryIndex:
+        """Open an index directory; with `encoder`, refuse one built by a different encoder."""
+        root = Path(root)
+        meta = read_meta(root)
+        if meta is None:
+            raise FileNotFoundError(f"{root} is not an index directory ({META_FILE} is missing); "
+                                    f"build one with: python -m search index SOURCE --out {root}")
+        if encoder is not None:
+            check_encoder(meta, encoder, root)
+        snap = root / meta.snapshot
+        vectors = np.load(snap / "vectors.npy", mmap_mode="r")
+        items = [_item_from_row(json.loads(line), root) for line in _lines(snap / "items.jsonl")]
+        index = VectorIndex.load(snap / "faiss.index", meta.spec, vectors)
+        if not (len(items) == len(vectors) == len(index) == meta.count):
+            raise ValueError(f"{root}: index files disagree ({len(items)} items, {len(vectors)} vectors, "
+                             f"{len(index)} indexed, {meta.count} expected); rebuild it")
+        skipped = [Skipped(**json.loads(line)) for line in _lines(snap / "skipped.jsonl")]
+        return cls(root, meta, items, index, skipped)
+
+    def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
+        """(Q, dim) unit vectors -> per query, the k best items as typed hits."""
+        scores, rows = self.index.search(query_vecs, k)
+        return [[Hit(self.items[r], float(s), n) for n, (s, r) in enumerate(zip(srow, rrow), start=1) if r >= 0]
+                for srow, rrow in zip(scores, rows)]
+
+
+def read_meta(root: Path) -> IndexMeta | None:
+    path = Path(root) / META_FILE
+    if not path.is_file():
+        return None
+    return IndexMeta(**json.loads(path.read_text()))
+
+
+def check_encoder(meta: IndexMeta, encoder: Encoder, root: Path) -> None:
+    if meta.fingerprint != encoder.fingerprint:
+        raise IndexMismatchError(
+            f"{root} was built with encoder {meta.fingerprint}, not {encoder.fingerprint}; its vectors cannot be "
+            f"searched with this encoder. Rebuild it: python -m search index SOURCE --out {root} "
+            f"--encoder {encoder.name} --rebuild (or use --encoder {meta.encoder})")
+
+
+def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, spec: IndexSpec | None = None,
+                source: str | None = None, skipped: list[Skipped] | None = None, rebuild: bool = False,
+                checkpoint_seconds: float = 30.0, progress: bool = True) -> tuple[GalleryIndex, BuildReport]:
+    """Create or update the index directory `out` for `items`: embed only new or changed files.
+
+    `spec` None keeps the previous index's spec if it was chosen by hand, else picks one by size.
+    `skipped` are entries the source already left out (they go into the summary and the log).
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = BuildReport(skipped=list(skipped or []))
+    old = read_meta(out)
+    if old is not None and not rebuild:
+        check_encoder(old, encoder, out)
+    known = {} if old is None or rebuild else _previous_vectors(out, old)
+    partial = out / "partial"
+    known.update(_partial_vectors(partial, encoder.fingerprint))
+
+    ids = [_identity_or_none(it.path) for it in items]
+    todo = [i for i, key in enumerate(ids) if key is not None and key not in known]
+    report.skipped += [Skipped(str(items[i].path), "no such file") for i, key in enumerate(ids) if key is None]
+    report.reused = sum(key is not None and key in known for key in ids)
+    fresh = _embed(items, ids, todo, encoder, out, partial, checkpoint_seconds, progress, report)
+    known.update(fresh)
+    report.added = len(fresh)
+
+    keep = [i for i, key in enumerate(ids) if key in known]
+    if old is not None and not rebuild:
+        report.removed = len({r["key"] for r in _previous_rows(out, old)} - {ids[i] for i in keep})
+    rows = [_item_row(items[i], ids[i], known[ids[i]][1], out) for i in keep]
+    if spec is None:
+        spec = old.spec if old is not None and not _is_auto(old) else auto_spec(len(keep), encoder.dim)
+    if old is not None and not rebuild and spec == old.spec and rows == _previous_rows(out, old):
+        index = GalleryIndex.load(out, encoder)  # nothing changed: keep the current snapshot
+    else:
+        vectors = np.stack([known[ids[i]][0] for i in keep]) if keep else np.zeros((0, encoder.dim), np.float32)
+        index = _commit(out, encoder, spec, vectors, rows, report.skipped, source, old)
+    shutil.rmtree(partial, ignore_errors=True)
+    report.seconds = time.perf_counter() - t0
+    log.info("%s: %s", out, report.summary().splitlines()[0])
+    _log_run(out, report)
+    return index, report
+
+
+# ---------------------------------------------------------------- embedding with checkpoints
+def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], encoder: Encoder, out: Path,
+           partial: Path, checkpoint_seconds: float, progress: bool,
+           report: BuildReport) -> dict[str, tuple[np.ndarray, dict]]:
+    """Embed items[todo]; every `checkpoint_seconds` the vectors so far go to `partial/` (resumable)."""
+    fresh: dict[str, tuple[np.ndarray, dict]] = {}
+    if not todo:
+        return fresh
+    thumbs = out / "thumbs"
+    thumbs.mkdir(exist_ok=True)
+    info: dict[int, dict] = {}
+
+    def on_image(pos: int, im) -> None:  # decoding thread: remember the size, write the thumbnail
+        key = ids[todo[pos]]
+        thumb = thumbs / f"{_digest(key)}.jpg"
+        if not thumb.is_file():
+            small = im.copy()
+            small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+            tmp = thumb.with_name(f"{thumb.stem}.{uuid.uuid4().hex}.tmp")
+            small.save(tmp, "JPEG", quality=85)
+            os.replace(tmp, thumb)
+        info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix()}
+
+    pending: list[tuple[str, np.ndarray, dict]] = []
+    last = time.monotonic()
+    paths = [items[i].path for i in todo]
+    with tqdm(total=len(todo), desc="indexing", unit="img", disable=not progress) as bar:
+        for pos, pixels, failed in iter_batches(paths, encoder.preprocess, encoder.batch_size, on_image=on_image):
+            if pos:
+                vecs = encoder.encode_image_tensors(pixels)
+                pending += [(ids[todo[p]], v, info.pop(p)) for p, v in zip(pos, vecs)]
+            report.skipped += [Skipped(str(paths[p]), reason) for p, reason in failed]
+            bar.update(len(pos) + len(failed))
+            if pending and time.monotonic() - last >= checkpoint_seconds:
+                _write_partial(partial, encoder.fingerprint, pending)
+                fresh.update((k, (v, m)) for k, v, m in pending)
+                pending, last = [], time.monotonic()
+    fresh.update((k, (v, m)) for k, v, m in pending)
+    return fresh
+
+
+def _write_partial(partial: Path, fingerprint: str, pending: list[tuple[str, np.ndarray, dict]]) -> None:
+    partial.mkdir(exist_ok=True)
+    name = f"{time.time_ns()}"
+    tmp = partial / f"{name}.tmp.npz"
+    np.savez(tmp, keys=np.array([k for k, _, _ in pending]), vectors=np.stack([v for _, v, _ in pending]),
+             info=np.array([json.dumps(m) for _, _, m in pending]), fingerprint=np.array(fingerprint))
+    os.replace(tmp, partial / f"{name}.npz")
+
+
+def _partial_vectors(partial: Path, fingerprint: str) -> dict[str, tuple[np.ndarray, dict]]:
+    found = {}
+    for f in sorted(partial.glob("*.npz")) if partial.is_dir() else []:
+        if f.name.endswith(".tmp.npz"):
+            continue
+        try:
+            z = np.load(f)
+            if str(z["fingerprint"]) != fingerprint:
+                continue
+            found.update((k, (v, json.loads(m))) for k, v, m in zip(z["keys"].tolist(), z["vectors"], z["info"]))
+        except (OSError, ValueError, KeyError) as e:  # a checkpoint cut short: redo its images
+            log.warning("ignoring unreadable checkpoint %s (%s)", f, e)
+    if found:
+        log.info("resuming: %d images embedded by an interrupted run", len(found))
+    return found
+
+
+# ---------------------------------------------------------------- snapshots
+def _previous_vectors(out: Path, meta: IndexMeta) -> dict[str, tuple[np.ndarray, dict]]:
+    snap = out / meta.snapshot
+    vectors = np.load(snap / "vectors.npy", mmap_mode="r")
+    rows = _previous_rows(out, meta)
+    return {r["key"]: (v, {k: r[k] for k in ("width", "height", "thumbnail")}) for r, v in zip(rows, vectors)}
+
+
+def _previous_rows(out: Path, meta: IndexMeta) -> list[dict]:
+    return [json.loads(line) for line in _lines(out / meta.snapshot / "items.jsonl")]
+
+
+def _is_auto(meta: IndexMeta) -> bool:
+    return meta.spec == auto_spec(meta.count, meta.dim)
+
+
+def _commit(out: Path, encoder: Encoder, spec: IndexSpec, vectors: np.ndarray, rows: list[dict],
+            skipped: list[Skipped], source: str | None, old: IndexMeta | None) -> GalleryIndex:
+    """Write a new snapshot, then point index.json at it (atomic rename), then drop older snapshots."""
+    snapshot = f"snapshot-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+    snap = out / snapshot
+    snap.mkdir()
+    np.save(snap / "vectors.npy", vectors.astype(np.float32))
+    _write_lines(snap / "items.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
+    _write_lines(snap / "skipped.jsonl", [json.dumps(asdict(s), ensure_ascii=False) for s in skipped])
+    index = VectorIndex.build(vectors.astype(np.float32), spec) if len(vectors) else VectorIndex(encoder.dim, spec)
+    index.save(snap / "faiss.index")
+    meta = IndexMeta(encoder.name, encoder.fingerprint, spec.factory, spec.params, spec.rerank, encoder.dim,
+                     len(rows), snapshot, source or (old.source if old else None),
+                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    _fsync_dir(snap)
+    tmp = out / f"{META_FILE}.tmp"
+    tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
+    os.replace(tmp, out / META_FILE)
+    for d in out.glob("snapshot-*"):
+        if d.name != snapshot:
+            shutil.rmtree(d, ignore_errors=True)
+    used = {r["thumbnail"] for r in rows}
+    for t in (out / "thumbs").glob("*") if (out / "thumbs").is_dir() else []:
+        if f"thumbs/{t.name}" not in used:
+            t.unlink(missing_ok=True)
+    return GalleryIndex.load(out, encoder)
+
+
+def _fsync_dir(snap: Path) -> None:
+    """Flush the snapshot's files to disk before index.json points at them."""
+    for f in snap.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+
+
+def _item_row(item: GalleryItem, key: str, info: dict, out: Path) -> dict:
+    return {"id": item.id, "path": _relative_to(item.path, out), "key": key,
+            "bytes": int(key.rsplit("|", 2)[1]), **info, "caption": item.caption, "label": item.label,
+            "aesthetic": None, **({"extra": item.extra} if item.extra else {})}
+
+
+def _item_from_row(row: dict, root: Path) -> GalleryItem:
+    path = Path(row["path"])
+    return GalleryItem(row["id"], path if path.is_absolute() else root / path, row.get("caption"), row.get("label"),
+                       row.get("extra") or {}, size=(row["width"], row["height"]), bytes=row["bytes"],
+                       thumbnail=root / row["thumbnail"], aesthetic=row.get("aesthetic"))
+
+
+def _relative_to(path: Path, root: Path) -> str:
+    """Paths inside the index directory (extracted zips) are stored relative, so the folder can move."""
+    path, root = Path(path).resolve(), root.resolve()
+    return path.relative_to(root).as_posix() if root in path.parents else str(path)
+
+
+def _identity_or_none(path: Path) -> str | None:
+    try:
+        return identity(path)
+    except OSError:
+        return None
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _log_run(out: Path, report: BuildReport) -> None:
+    with open(out / "index.log", "a", encoding="utf-8") as f:
+        f.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n{report.summary()}\n")
+
