@@ -31,17 +31,11 @@ def to_gallery(hits: list[Hit]) -> list[tuple[str, str]]:
     return [(str(h.item.path), f"{h.item.caption or h.item.id} · {h.score:.3f}") for h in hits]
 
 
-def gallery_dirs(engine: SearchEngine) -> list[str]:
-    """The folders holding the gallery's files (Gradio serves only files under allowed paths)."""
-    dirs = sorted({it.path.resolve().parent for it in engine.items})
-    return [str(d) for d in dirs if not any(p in d.parents for p in dirs)]
-
-
 # ---------------------------------------------------------------- UI
 def build_ui(engine: SearchEngine, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
     """One query panel and one ranked gallery (more rankings can go beside `results` later)."""
     with gr.Blocks(title="Visual search", analytics_enabled=False) as demo:
-        gr.Markdown(f"# Visual search\n{len(engine.items)} images · encoder `{engine.encoder.name}`. "
+        gr.Markdown(f"# Visual search\n{len(engine.gallery)} images · encoder `{engine.encoder.name}`. "
                     "Type a description, upload an image, or both.")
         with gr.Row():
             with gr.Column(scale=1):
@@ -106,10 +100,10 @@ def main(argv: list[str] | None = None) -> None:
                                            cache_dir=args.cache_dir)
     except (OSError, ValueError) as e:  # missing folder, bad source, unknown encoder, index of another encoder
         raise SystemExit(f"app.py: error: {e}") from e
-    log.info("serving %d images with encoder %s (%d skipped)", len(engine.items), engine.encoder.fingerprint,
+    log.info("serving %d images with encoder %s (%d skipped)", len(engine.gallery), engine.encoder.fingerprint,
              len(engine.skipped))
     build_ui(engine, args.top_k).launch(server_name=args.host, server_port=args.port, share=args.share,
-                                        allowed_paths=gallery_dirs(engine))
+                                        allowed_paths=engine.gallery.folders())  # Gradio serves only these
 
 
 if __name__ == "__main__":

@@ -91,12 +91,29 @@ def _digest(text: str) -> str:
 class GalleryIndex:
     """A loaded index directory: items, their vectors in a FAISS index, searchable by vector."""
 
-    def __init__(self, root: Path, meta: IndexMeta, items: list[GalleryItem], index: VectorIndex,
+    def __init__(self, root: Path, meta: IndexMeta, rows: list[dict], index: VectorIndex,
                  skipped: list[Skipped]) -> None:
-        self.root, self.meta, self.items, self.index, self.skipped = root, meta, items, index, skipped
+        self.root, self.meta, self.rows, self.index, self.skipped = root, meta, rows, index, skipped
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.rows)
+
+    def item(self, row: int) -> GalleryItem:
+        return _item_from_row(self.rows[row], self.root)
+
+    @property
+    def items(self) -> list[GalleryItem]:
+        """Every item (built on demand: a 100k-image index loads faster without them)."""
+        return [self.item(i) for i in range(len(self.rows))]
+
+    def folders(self) -> list[str]:
+        """The top-most folders holding the gallery's files (e.g. what a web server may serve)."""
+        dirs = sorted({os.path.dirname(os.path.join(self.root, r["path"])) for r in self.rows} | {str(self.root)})
+        top: list[str] = []
+        for d in dirs:  # sorted, so a parent comes right before its sub-folders
+            if not top or not (d + os.sep).startswith(top[-1].rstrip(os.sep) + os.sep):
+                top.append(d)
+        return top
 
     @classmethod
     def load(cls, root: str | Path, encoder: Encoder | None = None) -> GalleryIndex:
@@ -110,18 +127,18 @@ class GalleryIndex:
             check_encoder(meta, encoder, root)
         snap = root / meta.snapshot
         vectors = np.load(snap / "vectors.npy", mmap_mode="r")
-        items = [_item_from_row(json.loads(line), root) for line in _lines(snap / "items.jsonl")]
+        rows = [json.loads(line) for line in _lines(snap / "items.jsonl")]
         index = VectorIndex.load(snap / "faiss.index", meta.spec, vectors)
-        if not (len(items) == len(vectors) == len(index) == meta.count):
-            raise ValueError(f"{root}: index files disagree ({len(items)} items, {len(vectors)} vectors, "
+        if not (len(rows) == len(vectors) == len(index) == meta.count):
+            raise ValueError(f"{root}: index files disagree ({len(rows)} items, {len(vectors)} vectors, "
                              f"{len(index)} indexed, {meta.count} expected); rebuild it")
         skipped = [Skipped(**json.loads(line)) for line in _lines(snap / "skipped.jsonl")]
-        return cls(root, meta, items, index, skipped)
+        return cls(root, meta, rows, index, skipped)
 
     def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
         """(Q, dim) unit vectors -> per query, the k best items as typed hits."""
         scores, rows = self.index.search(query_vecs, k)
-        return [[Hit(self.items[r], float(s), n) for n, (s, r) in enumerate(zip(srow, rrow), start=1) if r >= 0]
+        return [[Hit(self.item(r), float(s), n) for n, (s, r) in enumerate(zip(srow, rrow), start=1) if r >= 0]
                 for srow, rrow in zip(scores, rows)]
 
 
@@ -183,6 +200,21 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
     log.info("%s: %s", out, report.summary().splitlines()[0])
     _log_run(out, report)
     return index, report
+
+
+def write_index(out: str | Path, encoder: Encoder, items: list[GalleryItem], vectors: np.ndarray,
+                spec: IndexSpec | None = None, source: str | None = None) -> GalleryIndex:
+    """An index directory from vectors computed elsewhere (row i = items[i]), e.g. by a separate
+    inference stage; no images are decoded, so items carry no thumbnails unless a later run adds them."""
+    out = Path(out)
+    if vectors.shape != (len(items), encoder.dim):
+        raise ValueError(f"expected vectors of shape ({len(items)}, {encoder.dim}), got {vectors.shape}")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [_item_row(it, identity(it.path), {"width": it.size[0] if it.size else None,
+                                             "height": it.size[1] if it.size else None, "thumbnail": None}, out)
+            for it in items]
+    return _commit(out, encoder, spec or auto_spec(len(items), encoder.dim), vectors, rows, [], source,
+                   read_meta(out))
 
 
 # ---------------------------------------------------------------- embedding with checkpoints
@@ -312,8 +344,9 @@ def _item_row(item: GalleryItem, key: str, info: dict, out: Path) -> dict:
 def _item_from_row(row: dict, root: Path) -> GalleryItem:
     path = Path(row["path"])
     return GalleryItem(row["id"], path if path.is_absolute() else root / path, row.get("caption"), row.get("label"),
-                       row.get("extra") or {}, size=(row["width"], row["height"]), bytes=row["bytes"],
-                       thumbnail=root / row["thumbnail"], aesthetic=row.get("aesthetic"))
+                       row.get("extra") or {}, size=(row["width"], row["height"]) if row["width"] else None,
+                       bytes=row["bytes"], thumbnail=root / row["thumbnail"] if row["thumbnail"] else None,
+                       aesthetic=row.get("aesthetic"))
 
 
 def _relative_to(path: Path, root: Path) -> str:

@@ -66,6 +66,8 @@ class VectorIndex:
             raise ValueError(f"expected a float32 matrix, got {vectors.dtype} {vectors.shape}")
         index = cls(vectors.shape[1], spec or auto_spec(len(vectors), vectors.shape[1]), vectors)
         if not index.index.is_trained:
+            ivf = faiss.try_extract_index_ivf(index.index)
+            train_size = max(train_size, 40 * ivf.nlist) if ivf else train_size  # k-means wants ~40 per list
             rows = np.random.default_rng(seed).permutation(len(vectors))[:train_size]
             index.index.train(np.ascontiguousarray(vectors[np.sort(rows)]))
         for start in range(0, len(vectors), 100_000):  # bounded memory for memmapped inputs
