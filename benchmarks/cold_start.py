@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -74,14 +75,16 @@ def time_app(index: Path) -> float:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
     try:
-        while True:
+        while True:  # poll cheaply until the server answers, then ask the first question
             if proc.poll() is not None:
                 raise RuntimeError(f"app.py exited with {proc.returncode}")
             try:
-                Client(url, verbose=False).predict("a cat", None, api_name="/search")
-                return time.perf_counter() - start
-            except Exception:  # not up yet
-                time.sleep(0.1)
+                urllib.request.urlopen(url, timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        Client(url, verbose=False).predict("a cat", None, api_name="/search")
+        return time.perf_counter() - start
     finally:
         proc.terminate()
         proc.wait()

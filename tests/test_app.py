@@ -107,7 +107,7 @@ def run_app(*args: str) -> subprocess.CompletedProcess:
 def test_help_lists_the_options() -> None:
     done = run_app("--help")
     assert done.returncode == 0, done.stderr
-    for option in ("--gallery", "--encoder", "--cache-dir", "--top-k", "--host", "--port", "--share"):
+    for option in ("--gallery", "--index", "--encoder", "--cache-dir", "--top-k", "--host", "--port", "--share"):
         assert option in done.stdout
 
 
@@ -118,3 +118,9 @@ def test_bad_arguments_exit_with_a_message(tmp_path: Path) -> None:
     done = run_app("--gallery", str(tmp_path))
     assert done.returncode != 0
     assert "holds no images" in done.stderr
+    done = run_app("--index", str(tmp_path))
+    assert done.returncode != 0
+    assert "is not an index directory" in done.stderr and "python -m search index" in done.stderr
+    done = run_app("--index", str(tmp_path), "--gallery", str(tmp_path))
+    assert done.returncode != 0
+    assert "give --gallery or --index, not both" in done.stderr

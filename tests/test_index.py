@@ -168,6 +168,15 @@ def test_bad_files_are_listed_and_good_ones_indexed_upright(tmp_path: Path, lite
     v = np.asarray(index.index.vectors[row])
     assert v @ upright > 0.99 and v @ upright > v @ sideways + 0.01
 
+    found = run_cli("query", str(out), "--text", "a cat", "-k", "3")
+    assert found.returncode == 0, found.stderr[-3000:]
+    assert [line.split()[0] for line in found.stdout.splitlines()] == ["1", "2", "3"]
+
+
+def test_index_cli_on_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    proc = run_cli("index", str(tmp_path / "nowhere"), "--out", str(tmp_path / "index"))
+    assert proc.returncode == 2 and f"gallery source {tmp_path / 'nowhere'} does not exist" in proc.stderr
+
 
 @pytest.mark.slow
 def test_incremental_runs_embed_only_new_and_changed_files(tmp_path: Path, lite) -> None:
