@@ -6,9 +6,12 @@ Small trainable heads (`LiteHeads`) join them in one space made of two parts:
 
 * a *bridge* part, needing no training: image and text both become distributions over the 1000
   ImageNet classes (an image through its classifier, a text through MiniLM similarity to the class
-  names). It carries the towers' knowledge of 1000 classes; text queries mostly rely on it;
+  names). It carries the towers' knowledge of 1000 classes; text queries mostly rely on it. A share
+  (`minilm_mix`) of it lives in MiniLM space: an image as the probability-weighted mean of its
+  classes' text vectors, a text as its own MiniLM vector (so words outside the 1000 names still count);
 * a *learned* part: heads trained contrastively (`python -m search train-encoder`) on image-image
-  and image-label pairs across styles (sketch, painting, cartoon, low-res -> photo).
+  and image-label pairs across styles (sketch, painting, cartoon, low-res -> photo), an MLP on the
+  pooled and spatial tower features.
 
 The final vector is the L2-normalised concatenation of both parts, each scaled by a per-modality
 weight stored with the heads, so text->image and image->image similarity each weight the parts
@@ -112,6 +115,10 @@ class TextTower:
 
 CLASS_PROMPT = "a photo of a {}"  # how class names are phrased before MiniLM embeds them
 
+# Extra phrasings averaged into a class's text embedding when `class_text` is "ensemble".
+CLASS_TEMPLATES = ("a photo of a {}", "a picture of the {}", "a close-up photo of a {}", "a {} in the scene",
+                   "there is a {} in this image", "an image showing a {}")
+
 
 def imagenet_class_prompts() -> list[str]:
     """The 1000 ImageNet classes as prompts (first synonym of each synset description, from timm)."""
@@ -121,19 +128,46 @@ def imagenet_class_prompts() -> list[str]:
     return [CLASS_PROMPT.format(info.index_to_description(i).split(",")[0].strip()) for i in range(N_CLASSES)]
 
 
+def imagenet_class_texts(mode: str = "name") -> list[list[str]]:
+    """Per ImageNet class, the texts whose MiniLM embeddings are averaged into its class vector.
+
+    "name": `CLASS_PROMPT` with the first synonym (as `imagenet_class_prompts`);
+    "synonyms": `CLASS_PROMPT` with each of the (up to 3) synonyms;
+    "ensemble": every `CLASS_TEMPLATES` phrasing of the first synonym, plus `CLASS_PROMPT` with the others.
+    """
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    out = []
+    for i in range(N_CLASSES):
+        names = [n.strip() for n in info.index_to_description(i).split(",") if n.strip()][:3]
+        if mode == "name":
+            out.append([CLASS_PROMPT.format(names[0])])
+        elif mode == "synonyms":
+            out.append([CLASS_PROMPT.format(n) for n in names])
+        elif mode == "ensemble":
+            out.append([t.format(names[0]) for t in CLASS_TEMPLATES] + [CLASS_PROMPT.format(n) for n in names[1:]])
+        else:
+            raise ValueError(f"unknown class_text mode {mode!r}; expected name, synonyms or ensemble")
+    return out
+
+
 # ---------------------------------------------------------------- trainable heads
 @dataclass(frozen=True)
 class HeadsConfig:
     """Shape and mixing of the heads; saved inside the weights file."""
 
     dim: int = 256                            # size of the learned part
-    hidden: int = 0                           # hidden width of the image head MLP (0: linear)
+    hidden: int = 512                         # hidden width of the image head MLP (0: linear)
+    residual: bool = False                    # with `hidden`: linear head + MLP (else the MLP alone)
     image_features: tuple[str, ...] = ("pooled", "grid2", "mid4")  # tower outputs feeding the image head
     temperature: float = 1.0                  # softmax temperature on an image's class logits
     text_temperature: float = 0.03            # softmax temperature on a text's class-prompt similarities
     power: float = 0.5                        # class probabilities ** power (0.5: Hellinger embedding)
     image_mix: float = 0.5                    # weight of the bridge part in image vectors
     text_mix: float = 0.5                     # weight of the bridge part in text vectors
+    class_text: str = "name"                  # how class vectors are phrased (`imagenet_class_texts` mode)
+    minilm_mix: float = 0.0                   # share of the bridge given to its MiniLM-space half
 
 
 class LiteHeads(nn.Module):
@@ -153,22 +187,32 @@ class LiteHeads(nn.Module):
         self.register_buffer("feat_std", torch.ones(in_dim))              # set from training data
         self.image_head = (nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim))
                            if cfg.hidden else nn.Linear(in_dim, cfg.dim))
+        self.image_linear = nn.Linear(in_dim, cfg.dim) if cfg.hidden and cfg.residual else None
         self.text_head = nn.Linear(TEXT_DIM, cfg.dim)
 
     def head_input(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         x = torch.cat([feats[n] for n in self.cfg.image_features], -1)
         return (x - self.feat_mean) / self.feat_std
 
+    def _with_minilm(self, classes: torch.Tensor, minilm: torch.Tensor) -> torch.Tensor:
+        a = self.cfg.minilm_mix
+        return torch.cat([(1 - a) ** 0.5 * classes, a**0.5 * minilm], -1) if a else classes
+
     def image_bridge(self, logits: torch.Tensor) -> torch.Tensor:
-        return l2_normalize((logits / self.cfg.temperature).softmax(-1) ** self.cfg.power)
+        """sqrt class probabilities; with `minilm_mix`, also the probability-weighted mean of the
+        class vectors in MiniLM space (so a text can match an image through words near its classes)."""
+        probs = (logits / self.cfg.temperature).softmax(-1)
+        return self._with_minilm(l2_normalize(probs**self.cfg.power), l2_normalize(probs @ self.class_text))
 
     def text_bridge(self, text: torch.Tensor) -> torch.Tensor:
-        sims = l2_normalize(text) @ self.class_text.T                       # (B, 1000)
-        return l2_normalize((sims / self.cfg.text_temperature).softmax(-1) ** self.cfg.power)
+        text = l2_normalize(text)
+        sims = text @ self.class_text.T                                     # (B, 1000)
+        return self._with_minilm(l2_normalize((sims / self.cfg.text_temperature).softmax(-1) ** self.cfg.power), text)
 
     def image_learned(self, x: torch.Tensor) -> torch.Tensor:
         """x: `head_input(...)` (standardised features)."""
-        return l2_normalize(self.image_head(x))
+        y = self.image_head(x)
+        return l2_normalize(y + self.image_linear(x) if self.image_linear is not None else y)
 
     def text_learned(self, text: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.text_head(text))
@@ -186,7 +230,7 @@ class LiteHeads(nn.Module):
 
     @property
     def out_dim(self) -> int:
-        return N_CLASSES + self.cfg.dim
+        return N_CLASSES + (TEXT_DIM if self.cfg.minilm_mix else 0) + self.cfg.dim
 
     def save(self, path: str | Path) -> None:
         """fp16 weights (the file is committed; halves its size at no measurable cost)."""

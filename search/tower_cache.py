@@ -25,6 +25,8 @@ TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
     # a 32-pixel thumbnail
     "tiny32": lambda im: im.resize(
         (max(1, round(32 * im.width / max(im.size))), max(1, round(32 * im.height / max(im.size)))), Image.BOX),
+    # a mirror image (training augmentation: sketch and photo mirrored together keep their pose match)
+    "hflip": lambda im: im.transpose(Image.FLIP_LEFT_RIGHT),
 }
 
 

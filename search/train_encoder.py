@@ -3,9 +3,10 @@
 Stage 1 caches the frozen towers' outputs (once; later runs reuse them). Stage 2 trains the
 learned part with a multi-positive InfoNCE over several tasks, each a list of (query, target)
 pairs sharing a positive key: sketch -> its photo, PACS sketch/painting/cartoon -> photos of the
-same class, low-res (mosaic / 32-px) -> its photo, class words -> photos, doodles -> class words.
-Stage 3 fits on `train` minus a dev split (whole classes held out), picks the bridge/learned mixes
-on that dev split, and refits on all of `train` with them.
+same class, low-res (mosaic / 32-px) -> its photo, class words -> photos, doodles -> class words;
+sketch/photo pairs and PACS images are also used mirrored. Stage 3 fits on `train` minus a dev split
+(whole classes held out), picks the bridge mixes and text temperature on that dev split (image and
+text retrieval figures), and refits on all of `train` with them.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_prompts
+from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_texts
 
 from .metrics import mean_metrics, query_metrics, rank_all
 from .tower_cache import TowerCache, text_embeddings
@@ -39,6 +40,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     temperature: float = 0.05   # InfoNCE temperature
     feat_dropout: float = 0.2   # dropout on the frozen image features (cheap augmentation)
+    flip: bool = True           # add mirrored sketch/photo and PACS pairs (cached "hflip" view)
     dev_fraction: float = 0.2   # share of train classes / images held out to pick the mixes
     seed: int = 0
 
@@ -80,7 +82,9 @@ def img_key(item: dict, view: str = "") -> str:
     return f"{item['file']}|{view}"
 
 
-def build_tasks(items: list[dict]) -> list[Task]:
+def build_tasks(items: list[dict], flip: bool = False) -> list[Task]:
+    """With `flip`, Sketchy pairs are added mirrored together (sketch and photo, as a pair of its own)
+    and PACS queries and photos also as mirror images."""
     photos = [r for r in items if r["style"] == "photo"]
     by_id = {r["id"]: r for r in items}
     pacs_photos = defaultdict(list)
@@ -90,13 +94,17 @@ def build_tasks(items: list[dict]) -> list[Task]:
     tasks = []
     sk = [r for r in items if r["id"].startswith("sketchy/") and r["style"] == "sketch"
           and f"sketchy/photo/{r['group']}" in by_id]
-    tasks.append(Task("sketch->photo", "image", "image", [img_key(r) for r in sk],
-                      [[img_key(by_id[f"sketchy/photo/{r['group']}"])] for r in sk],
-                      [r["group"] for r in sk]))
+    views = ("", "hflip") if flip else ("",)
+    tasks.append(Task("sketch->photo", "image", "image", [img_key(r, v) for v in views for r in sk],
+                      [[img_key(by_id[f"sketchy/photo/{r['group']}"], v)] for v in views for r in sk],
+                      [f"{r['group']}|{v}" for v in views for r in sk]))
+    if flip:
+        for label in pacs_photos:
+            pacs_photos[label] += [k.replace("|", "|hflip") for k in pacs_photos[label]]
     pq = [r for r in items if r["id"].startswith("pacs/") and r["style"] != "photo" and pacs_photos[r["label"]]]
     pq += [r for r in photos if r["id"].startswith("pacs/")]  # photo->photo keeps classes tight
-    tasks.append(Task("pacs style->photo", "image", "image", [img_key(r) for r in pq],
-                      [pacs_photos[r["label"]] for r in pq], [r["label"] for r in pq]))
+    tasks.append(Task("pacs style->photo", "image", "image", [img_key(r, v) for v in views for r in pq],
+                      [pacs_photos[r["label"]] for v in views for r in pq], [r["label"] for v in views for r in pq]))
     lr = [(r, v) for r in photos for v in LOWRES_VIEWS]
     tasks.append(Task("lowres->photo", "image", "image", [img_key(r, v) for r, v in lr],
                       [[img_key(r)] for r, _ in lr], [r["id"] for r, _ in lr]))
@@ -163,6 +171,12 @@ def task_refs(tasks: list[Task], kind: str) -> list[str]:
     return sorted(refs)
 
 
+def new_heads(heads_cfg: HeadsConfig, class_text: torch.Tensor, seed: int) -> LiteHeads:
+    """Freshly initialised heads; seeded, so each fit starts the same whatever ran before it."""
+    torch.manual_seed(seed)
+    return LiteHeads(heads_cfg, class_text)
+
+
 def train_heads(heads: LiteHeads, tasks: list[Task], feats: Features, cfg: TrainConfig) -> LiteHeads:
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -190,8 +204,17 @@ def train_heads(heads: LiteHeads, tasks: list[Task], feats: Features, cfg: Train
 
 
 # ---------------------------------------------------------------- picking the mixes on dev
+# Phrasings of dev class words unlike the training prompt, so the text side is chosen for free text.
+DEV_PHRASES = ("{}", "the {} is next to something", "a blurry shot of a {}", "someone took a picture of a {}")
+
+
 def dev_benchmarks(dev: list[dict]) -> dict[str, tuple[list, list, list[set]]]:
-    """Small retrieval tasks on the dev split: name -> (query refs, gallery refs, relevant sets)."""
+    """Small retrieval tasks on the dev split: name -> (query refs, gallery refs, relevant sets).
+
+    Image queries: "sketch" (instance), "pacs" (class), "lowres" (instance). Text queries: "words"
+    (held-out ImageNet class prompts -> their photo), "phrases" (the same classes in `DEV_PHRASES`),
+    "sketchy words" / "pacs words" (class words in several phrasings -> every photo of the class).
+    """
     photos = [r for r in dev if r["style"] == "photo"]
     benches = {}
     sk_ph = [r for r in photos if r["id"].startswith("sketchy/")]
@@ -205,11 +228,21 @@ def dev_benchmarks(dev: list[dict]) -> dict[str, tuple[list, list, list[set]]]:
     im = [r for r in photos if r["id"].startswith("imagenet/")]
     benches["words"] = ([("text", CLASS_PROMPT.format(r["label"])) for r in im], [img_key(r) for r in im],
                         [{img_key(r)} for r in im])
+    benches["phrases"] = ([("text", t.format(r["label"])) for r in im for t in DEV_PHRASES],
+                          [img_key(r) for r in im], [{img_key(r)} for r in im for _ in DEV_PHRASES])
+    for name, group in (("sketchy words", sk_ph), ("pacs words", pc_ph)):
+        qs = [(label, t) for label in sorted({r["label"] for r in group}) for t in (CLASS_PROMPT, *DEV_PHRASES)]
+        benches[name] = ([("text", t.format(label)) for label, t in qs], [img_key(r) for r in group],
+                         [{img_key(r) for r in group if r["label"] == label} for label, _ in qs])
     benches["lowres"] = ([("image", img_key(r, "tiny32")) for r in sk_ph], [img_key(r) for r in sk_ph],
                          [{img_key(r)} for r in sk_ph])
     # keep the queries that have something to find
     return {name: ([q for q, rel in zip(qs, rels) if rel], gallery, [rel for rel in rels if rel])
             for name, (qs, gallery, rels) in benches.items()}
+
+
+IMAGE_DEV = (("sketch", "R@10"), ("pacs", "mAP"), ("lowres", "R@1"))
+TEXT_DEV = (("words", "R@1"), ("phrases", "R@1"), ("sketchy words", "mAP"), ("pacs words", "mAP"))
 
 
 def score_mix(heads: LiteHeads, feats: Features, bench: tuple, metric: str) -> float:
@@ -224,33 +257,46 @@ def score_mix(heads: LiteHeads, feats: Features, bench: tuple, metric: str) -> f
 
 
 def pick_mixes(heads: LiteHeads, feats: Features, dev: list[dict]) -> HeadsConfig:
-    """Choose the bridge/learned mixes and the text temperature on the dev split.
+    """Choose the bridge/learned mixes, the text temperature and the MiniLM share on the dev split.
 
-    Image-to-image (dev sketch R@10, PACS mAP, low-res R@1) depends on `image_mix` only; text-to-image
-    (dev class words of held-out ImageNet classes -> their photos, R@1) on both mixes and the text
-    temperature. The chosen point maximises the mean of the four dev figures.
+    Image-to-image (dev sketch R@10, PACS mAP, low-res R@1) depends on `image_mix` and `minilm_mix`;
+    text-to-image (`TEXT_DEV`, averaged into one text figure) on all four. The chosen point maximises
+    the mean of the three image figures and the text figure.
     """
     b = dev_benchmarks(dev)
-    image_benches = [(b[n], m) for n, m in (("sketch", "R@10"), ("pacs", "mAP"), ("lowres", "R@1")) if b[n][0]]
-    if not b["words"][0] or not image_benches:
+    image_benches = [(b[n], m) for n, m in IMAGE_DEV if b[n][0]]
+    text_benches = [(b[n], m) for n, m in TEXT_DEV if b[n][0]]
+    if not text_benches or not image_benches:
         log.warning("dev split too small to pick mixes; keeping %s", heads.cfg)
         return heads.cfg
     base, best, best_score = heads.cfg, heads.cfg, -1.0
-    for image_mix in (0.02, 0.05, 0.1, 0.2):
-        heads.cfg = replace(base, image_mix=image_mix)
-        image_scores = [score_mix(heads, feats, bench, metric) for bench, metric in image_benches]
-        for text_mix in (0.8, 0.9, 0.95, 0.98, 1.0):
-            for tt in (0.02, 0.03, 0.05):
-                heads.cfg = replace(base, image_mix=image_mix, text_mix=text_mix, text_temperature=tt)
-                score = float(np.mean([*image_scores, score_mix(heads, feats, b["words"], "R@1")]))
-                log.debug("dev image_mix=%.2f text_mix=%.2f text_temperature=%.2f: %.4f",
-                          image_mix, text_mix, tt, score)
-                if score > best_score:
-                    best, best_score = heads.cfg, score
-        log.info("dev image_mix=%.2f: image-to-image %s; best so far %.4f", image_mix,
-                 " ".join(f"{x:.3f}" for x in image_scores), best_score)
+    for minilm_mix in (0.0, 0.2, 0.4, 0.6):
+        for image_mix in (0.02, 0.05, 0.1, 0.2):
+            heads.cfg = replace(base, image_mix=image_mix, minilm_mix=minilm_mix)
+            image_scores = [score_mix(heads, feats, bench, metric) for bench, metric in image_benches]
+            for text_mix in (0.8, 0.9, 0.95, 0.98, 1.0):
+                for tt in (0.01, 0.02, 0.03, 0.05):
+                    heads.cfg = replace(base, image_mix=image_mix, text_mix=text_mix, text_temperature=tt,
+                                        minilm_mix=minilm_mix)
+                    text_score = np.mean([score_mix(heads, feats, bench, metric) for bench, metric in text_benches])
+                    score = float(np.mean([*image_scores, text_score]))
+                    log.debug("dev image_mix=%.2f text_mix=%.2f text_temperature=%.2f minilm_mix=%.1f: %.4f",
+                              image_mix, text_mix, tt, minilm_mix, score)
+                    if score > best_score:
+                        best, best_score = heads.cfg, score
+            log.info("dev minilm_mix=%.1f image_mix=%.2f: image-to-image %s; best so far %.4f", minilm_mix, image_mix,
+                     " ".join(f"{x:.3f}" for x in image_scores), best_score)
     heads.cfg = best
     return best
+
+
+def class_text_embeddings(mode: str) -> torch.Tensor:
+    """(1000, 384): per ImageNet class, the mean MiniLM embedding of its texts (`imagenet_class_texts`)."""
+    groups = imagenet_class_texts(mode)
+    flat = [t for g in groups for t in g]
+    emb = torch.from_numpy(text_embeddings(flat))
+    ends = np.cumsum([len(g) for g in groups])
+    return torch.stack([emb[e - len(g):e].mean(0) for g, e in zip(groups, ends)])
 
 
 def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
@@ -261,24 +307,25 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     items = read_items(data)
     if not items:
         raise ValueError(f"no train items found under {data} (expected {DATASETS} folders with items.jsonl)")
-    tasks = build_tasks(items)
+    tasks = build_tasks(items, cfg.flip)
     cache = TowerCache(Path(cache_dir) / "towers.npz")
     files, views = zip(*(k.rsplit("|", 1) for k in task_refs(tasks, "image")))
     bad_files = {k.rsplit("|", 1)[0] for k in cache.fill(files, views)}
     if bad_files:
         log.warning("leaving out %d unreadable images: %s", len(bad_files), sorted(bad_files)[:5])
         items = [r for r in items if r["file"] not in bad_files]
-        tasks = build_tasks(items)
+        tasks = build_tasks(items, cfg.flip)
     train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
-    feats = Features(cache, task_refs(tasks, "image"), task_refs(tasks, "text"))
-    class_text = torch.from_numpy(text_embeddings(imagenet_class_prompts()))
+    dev_texts = {ref for queries, _, _ in dev_benchmarks(dev).values() for kind, ref in queries if kind == "text"}
+    feats = Features(cache, task_refs(tasks, "image"), sorted(dev_texts.union(task_refs(tasks, "text"))))
+    class_text = class_text_embeddings(heads_cfg.class_text)
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
-    heads = train_heads(LiteHeads(heads_cfg, class_text), build_tasks(train), feats, cfg)
+    heads = train_heads(new_heads(heads_cfg, class_text, cfg.seed), build_tasks(train, cfg.flip), feats, cfg)
     chosen = pick_mixes(heads, feats, dev)
-    log.info("chosen on dev: image_mix %.2f, text_mix %.2f, text_temperature %.2f; refitting on all train items",
-             chosen.image_mix, chosen.text_mix, chosen.text_temperature)
-    heads = train_heads(LiteHeads(chosen, class_text), tasks, feats, cfg)
+    log.info("chosen on dev: image_mix %.2f, text_mix %.2f, text_temperature %.2f, minilm_mix %.1f; "
+             "refitting on all train items", chosen.image_mix, chosen.text_mix, chosen.text_temperature, chosen.minilm_mix)
+    heads = train_heads(new_heads(chosen, class_text, cfg.seed), tasks, feats, cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     heads.save(out)
