@@ -61,7 +61,8 @@ def real_vectors(data: Path, work: Path, n: int) -> tuple[np.ndarray, np.ndarray
         index = GalleryIndex.load(index_dir, enc)
     except (FileNotFoundError, ValueError):
         print(f"indexing {len(files)} real images into {index_dir} (once)...", flush=True)
-        index, _ = build_index([GalleryItem(str(p), p) for p in files], index_dir, enc, spec=IndexSpec("Flat"))
+        index, _ = build_index([GalleryItem(str(p), p) for p in files], index_dir, enc, spec=IndexSpec("Flat"),
+                               rebuild=True)
     labels = sorted({json.loads(line).get("label") or "" for f in data.glob("*/items.jsonl")
                      for line in f.read_text().splitlines()} - {""})
     rng = np.random.default_rng(1)
