@@ -1,4 +1,4 @@
-"""Command line: `python -m search {index,query,eval,train-encoder} ...` (offline stages; serving is app.py)."""
+"""Command line: `python -m search {index,query,eval,train-encoder,train-style} ...` (offline stages)."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,13 @@ def _train_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_style(args: argparse.Namespace) -> int:
+    from .train_style import train_style
+
+    train_style(args.data, args.out, per_style=args.per_style, seed=args.seed)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from models import OfflineError
 
@@ -110,6 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=TrainConfig.steps, help="optimiser steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=TrainConfig.seed)
     p.set_defaults(func=_train_encoder)
+
+    p = sub.add_parser("train-style", help="fit the style bases (Gram descriptors + K-means) on the train splits")
+    p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "models" / "weights" / "style_space.npz"))
+    p.add_argument("--per-style", type=int, default=600, help="training images per style (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_style)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -1,0 +1,86 @@
+"""Style descriptors and the style space (FreestyleRet): real tower, real package photos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import skimage
+from PIL import Image, ImageFilter, ImageOps
+
+from models.lite import load_image_tower, preprocess_image
+from models.style import STYLES, StyleError, StyleSpace, check_readable, describe, gram_descriptors
+from search.train_style import fit_space
+
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
+STYLE_SPACE = Path(__file__).resolve().parent.parent / "models" / "weights" / "style_space.npz"
+
+
+def photo(name: str) -> Image.Image:
+    return Image.open(SKIMAGE_DATA / name).convert("RGB")
+
+
+def pencil_sketch(im: Image.Image) -> Image.Image:
+    """Dark strokes on white paper: the main edges of a photo (smoothed first, so fur is not drawn)."""
+    edges = im.convert("L").filter(ImageFilter.GaussianBlur(3)).filter(ImageFilter.FIND_EDGES)
+    edges = edges.point(lambda v: 255 if v > 40 else 0)
+    return ImageOps.invert(edges).convert("RGB")
+
+
+@pytest.fixture(scope="module")
+def tower():
+    return load_image_tower()
+
+
+def descriptors(tower, images: list[Image.Image]) -> np.ndarray:
+    import torch
+
+    return gram_descriptors(tower, torch.stack([preprocess_image(im) for im in images]))
+
+
+@pytest.mark.slow
+def test_descriptors_follow_style_not_content(tower) -> None:
+    space = StyleSpace.load(STYLE_SPACE)
+    cat, coffee, rocket = photo("chelsea.png"), photo("coffee.png"), photo("rocket.jpg")
+    z = space.embed(descriptors(tower, [cat, coffee, rocket, pencil_sketch(cat), pencil_sketch(coffee)]))
+    sim = z @ z.T
+    photo_photo = min(sim[0, 1], sim[0, 2], sim[1, 2])            # different objects, same style
+    sketch_sketch = sim[3, 4]
+    photo_sketch_same_object = max(sim[0, 3], sim[1, 4])         # same object, different style
+    assert photo_photo > photo_sketch_same_object + 0.2, sim.round(2)
+    assert sketch_sketch > photo_sketch_same_object + 0.2, sim.round(2)
+
+
+@pytest.mark.slow
+def test_committed_style_space_tells_photos_from_line_drawings(tower) -> None:
+    space = StyleSpace.load(STYLE_SPACE)
+    images = [photo(n) for n in ("chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png")]
+    probs = space.style_probs(descriptors(tower, images + [pencil_sketch(im) for im in images]))
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    top = [STYLES[i] for i in probs.argmax(1)]
+    assert top[:4] == ["photo"] * 4, [describe(p) for p in probs]
+    assert all(t in ("sketch", "doodle") for t in top[4:]), [describe(p) for p in probs]  # line drawings
+
+
+def test_style_space_save_load_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    desc = np.concatenate([rng.normal(0.0, 1.0, (30, 40)) + 4.0 * np.eye(40)[i] for i in range(3)])
+    styles = ["photo"] * 30 + ["sketch"] * 30 + ["doodle"] * 30
+    space = fit_space(desc, styles, k=2, temperature=0.1)
+    assert space.base_styles == ["photo"] * 2 + ["sketch"] * 2 + ["doodle"] * 2
+    space.save(tmp_path / "s.npz")
+    loaded = StyleSpace.load(tmp_path / "s.npz")
+    np.testing.assert_allclose(loaded.style_probs(desc), space.style_probs(desc), atol=1e-5)
+    assert (space.style_probs(desc).argmax(1) == np.repeat([0, 1, 2], 30)).mean() > 0.9  # photo, sketch, doodle
+    assert loaded.base_styles == space.base_styles and loaded.temperature == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("image", [Image.new("RGB", (300, 200), "white"), Image.new("RGB", (64, 64), (30, 90, 200)),
+                                   Image.new("RGBA", (300, 300), (0, 0, 0, 0))])
+def test_blank_or_uniform_images_are_refused(image: Image.Image) -> None:
+    with pytest.raises(StyleError, match="blank or a single colour"):
+        check_readable(image)
+
+
+def test_a_drawing_is_readable() -> None:
+    check_readable(pencil_sketch(photo("chelsea.png")))
