@@ -324,7 +324,8 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     heads = train_heads(new_heads(heads_cfg, class_text, cfg.seed), build_tasks(train, cfg.flip), feats, cfg)
     chosen = pick_mixes(heads, feats, dev)
     log.info("chosen on dev: image_mix %.2f, text_mix %.2f, text_temperature %.2f, minilm_mix %.1f; "
-             "refitting on all train items", chosen.image_mix, chosen.text_mix, chosen.text_temperature, chosen.minilm_mix)
+             "refitting on all train items",
+             chosen.image_mix, chosen.text_mix, chosen.text_temperature, chosen.minilm_mix)
     heads = train_heads(new_heads(chosen, class_text, cfg.seed), tasks, feats, cfg)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
