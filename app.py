@@ -6,8 +6,10 @@ The search is also an API endpoint: `gradio_client.Client(url).predict(text, ima
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
+import threading
 
 import gradio as gr
 from PIL import Image
@@ -34,6 +36,7 @@ def to_gallery(hits: list[Hit]) -> list[tuple[str, str]]:
 # ---------------------------------------------------------------- UI
 def build_ui(engine: SearchEngine, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
     """One query panel and one ranked gallery (more rankings can go beside `results` later)."""
+    warm_up_once = functools.cache(lambda: threading.Thread(target=engine.encoder.warm_up, daemon=True).start())
     with gr.Blocks(title="Visual search", analytics_enabled=False) as demo:
         gr.Markdown(f"# Visual search\n{len(engine.gallery)} images · encoder `{engine.encoder.name}`. "
                     "Type a description, upload an image, or both.")
@@ -51,6 +54,7 @@ def build_ui(engine: SearchEngine, top_k: int = DEFAULT_TOP_K) -> gr.Blocks:
             except ValueError as e:
                 raise gr.Error(str(e), print_exception=False) from e
             hits = engine.search(query, k=top_k)
+            warm_up_once()  # the first answer went out without waiting for it; now load the rest
             log.info("query text=%r image=%s -> %d hits", query.text, query.image is not None, len(hits))
             return to_gallery(hits)
 

@@ -41,6 +41,10 @@ class Encoder(ABC):
     def fingerprint(self) -> str:
         """`name@weights-hash`: indexes store it and refuse vectors from any other encoder."""
 
+    def warm_up(self) -> None:
+        """Load whatever loads lazily, so the first query of each kind is fast (serving calls this)."""
+        return None
+
     @abstractmethod
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) preprocessed pixels -> (B, dim) float32, rows of unit norm."""

