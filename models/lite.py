@@ -153,41 +153,12 @@ class TextTower:
 
 CLASS_PROMPT = "a photo of a {}"  # how class names are phrased before MiniLM embeds them
 
-# Extra phrasings averaged into a class's text embedding when `class_text` is "ensemble".
-CLASS_TEMPLATES = ("a photo of a {}", "a picture of the {}", "a close-up photo of a {}", "a {} in the scene",
-                   "there is a {} in this image", "an image showing a {}")
-
-
 def imagenet_class_prompts() -> list[str]:
     """The 1000 ImageNet classes as prompts (first synonym of each synset description, from timm)."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
     return [CLASS_PROMPT.format(info.index_to_description(i).split(",")[0].strip()) for i in range(N_CLASSES)]
-
-
-def imagenet_class_texts(mode: str = "name") -> list[list[str]]:
-    """Per ImageNet class, the texts whose MiniLM embeddings are averaged into its class vector.
-
-    "name": `CLASS_PROMPT` with the first synonym (as `imagenet_class_prompts`);
-    "synonyms": `CLASS_PROMPT` with each of the (up to 3) synonyms;
-    "ensemble": every `CLASS_TEMPLATES` phrasing of the first synonym, plus `CLASS_PROMPT` with the others.
-    """
-    from timm.data import ImageNetInfo
-
-    info = ImageNetInfo()
-    out = []
-    for i in range(N_CLASSES):
-        names = [n.strip() for n in info.index_to_description(i).split(",") if n.strip()][:3]
-        if mode == "name":
-            out.append([CLASS_PROMPT.format(names[0])])
-        elif mode == "synonyms":
-            out.append([CLASS_PROMPT.format(n) for n in names])
-        elif mode == "ensemble":
-            out.append([t.format(names[0]) for t in CLASS_TEMPLATES] + [CLASS_PROMPT.format(n) for n in names[1:]])
-        else:
-            raise ValueError(f"unknown class_text mode {mode!r}; expected name, synonyms or ensemble")
-    return out
 
 
 # ---------------------------------------------------------------- trainable heads
@@ -197,14 +168,12 @@ class HeadsConfig:
 
     dim: int = 256                            # size of the learned part
     hidden: int = 512                         # hidden width of the image head MLP (0: linear)
-    residual: bool = False                    # with `hidden`: linear head + MLP (else the MLP alone)
     image_features: tuple[str, ...] = ("pooled", "grid2", "mid4")  # tower outputs feeding the image head
     temperature: float = 1.0                  # softmax temperature on an image's class logits
     text_temperature: float = 0.03            # softmax temperature on a text's class-prompt similarities
     power: float = 0.5                        # class probabilities ** power (0.5: Hellinger embedding)
     image_mix: float = 0.5                    # weight of the bridge part in image vectors
     text_mix: float = 0.5                     # weight of the bridge part in text vectors
-    class_text: str = "name"                  # how class vectors are phrased (`imagenet_class_texts` mode)
     minilm_mix: float = 0.0                   # share of the bridge given to its MiniLM-space half
 
 
@@ -225,7 +194,6 @@ class LiteHeads(nn.Module):
         self.register_buffer("feat_std", torch.ones(in_dim))              # set from training data
         self.image_head = (nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim))
                            if cfg.hidden else nn.Linear(in_dim, cfg.dim))
-        self.image_linear = nn.Linear(in_dim, cfg.dim) if cfg.hidden and cfg.residual else None
         self.text_head = nn.Linear(TEXT_DIM, cfg.dim)
 
     def head_input(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -249,8 +217,7 @@ class LiteHeads(nn.Module):
 
     def image_learned(self, x: torch.Tensor) -> torch.Tensor:
         """x: `head_input(...)` (standardised features)."""
-        y = self.image_head(x)
-        return l2_normalize(y + self.image_linear(x) if self.image_linear is not None else y)
+        return l2_normalize(self.image_head(x))
 
     def text_learned(self, text: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.text_head(text))

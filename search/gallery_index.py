@@ -172,7 +172,8 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
     old = read_meta(out)
     if old is not None and not rebuild:
         check_encoder(old, encoder, out)
-    known = {} if old is None or rebuild else _previous_vectors(out, old)
+    prev_rows = [] if old is None or rebuild else _previous_rows(out, old)
+    known = _previous_vectors(out, old, prev_rows) if prev_rows else {}
     partial = out / "partial"
     known.update(_partial_vectors(partial, encoder.fingerprint))
 
@@ -185,12 +186,11 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
     report.added = len(fresh)
 
     keep = [i for i, key in enumerate(ids) if key in known]
-    if old is not None and not rebuild:
-        report.removed = len({r["key"] for r in _previous_rows(out, old)} - {ids[i] for i in keep})
+    report.removed = len({r["key"] for r in prev_rows} - {ids[i] for i in keep})
     rows = [_item_row(items[i], ids[i], known[ids[i]][1], out) for i in keep]
     if spec is None:
         spec = old.spec if old is not None and not _is_auto(old) else auto_spec(len(keep), encoder.dim)
-    if old is not None and not rebuild and spec == old.spec and rows == _previous_rows(out, old):
+    if old is not None and not rebuild and spec == old.spec and rows == prev_rows:
         index = GalleryIndex.load(out, encoder)  # nothing changed: keep the current snapshot
     else:
         vectors = np.stack([known[ids[i]][0] for i in keep]) if keep else np.zeros((0, encoder.dim), np.float32)
@@ -285,10 +285,8 @@ def _partial_vectors(partial: Path, fingerprint: str) -> dict[str, tuple[np.ndar
 
 
 # ---------------------------------------------------------------- snapshots
-def _previous_vectors(out: Path, meta: IndexMeta) -> dict[str, tuple[np.ndarray, dict]]:
-    snap = out / meta.snapshot
-    vectors = np.load(snap / "vectors.npy", mmap_mode="r")
-    rows = _previous_rows(out, meta)
+def _previous_vectors(out: Path, meta: IndexMeta, rows: list[dict]) -> dict[str, tuple[np.ndarray, dict]]:
+    vectors = np.load(out / meta.snapshot / "vectors.npy", mmap_mode="r")
     return {r["key"]: (v, {k: r[k] for k in ("width", "height", "thumbnail")}) for r, v in zip(rows, vectors)}
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_texts
+from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_prompts
 
 from .metrics import mean_metrics, query_metrics, rank_all
 from .tower_cache import TowerCache, text_embeddings
@@ -290,15 +290,6 @@ def pick_mixes(heads: LiteHeads, feats: Features, dev: list[dict]) -> HeadsConfi
     return best
 
 
-def class_text_embeddings(mode: str) -> torch.Tensor:
-    """(1000, 384): per ImageNet class, the mean MiniLM embedding of its texts (`imagenet_class_texts`)."""
-    groups = imagenet_class_texts(mode)
-    flat = [t for g in groups for t in g]
-    emb = torch.from_numpy(text_embeddings(flat))
-    ends = np.cumsum([len(g) for g in groups])
-    return torch.stack([emb[e - len(g):e].mean(0) for g, e in zip(groups, ends)])
-
-
 def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
                   cfg: TrainConfig | None = None, heads_cfg: HeadsConfig | None = None) -> Path:
     """Cache tower outputs, fit heads on the train split, pick mixes on dev, refit on all, save."""
@@ -318,7 +309,7 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
     dev_texts = {ref for queries, _, _ in dev_benchmarks(dev).values() for kind, ref in queries if kind == "text"}
     feats = Features(cache, task_refs(tasks, "image"), sorted(dev_texts.union(task_refs(tasks, "text"))))
-    class_text = class_text_embeddings(heads_cfg.class_text)
+    class_text = torch.from_numpy(text_embeddings(imagenet_class_prompts()))
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
     heads = train_heads(new_heads(heads_cfg, class_text, cfg.seed), build_tasks(train, cfg.flip), feats, cfg)
