@@ -49,6 +49,17 @@ class Encoder(ABC):
     def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
         """(B, 3, H, W) preprocessed pixels -> (B, dim) float32, rows of unit norm."""
 
+    def style_probs(self, pixels: torch.Tensor) -> np.ndarray | None:
+        """(B, 3, H, W) -> (B, len(models.style.STYLES)) detected style probabilities, or None if this
+        encoder does not read style."""
+        return None
+
+    def encode_query_tensors(self, pixels: torch.Tensor,
+                             condition: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Query images -> (vectors, style probabilities or None). Style-aware encoders condition the
+        vectors on the detected style when `condition`; gallery images go through `encode_image_tensors`."""
+        return self.encode_image_tensors(pixels), self.style_probs(pixels)
+
     @abstractmethod
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """N strings -> (N, dim) float32, rows of unit norm."""

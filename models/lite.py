@@ -32,6 +32,8 @@ from PIL import Image
 from torch import nn
 
 from .base import Encoder, file_sha256, l2_normalize
+from .style import StyleSpace, gram_descriptors
+from .style_adapters import StyleAdapters
 
 IMAGE_SIZE = 224
 TEXT_DIM = 384
@@ -215,9 +217,14 @@ class LiteHeads(nn.Module):
         sims = text @ self.class_text.T                                     # (B, 1000)
         return self._with_minilm(l2_normalize((sims / self.cfg.text_temperature).softmax(-1) ** self.cfg.power), text)
 
-    def image_learned(self, x: torch.Tensor) -> torch.Tensor:
-        """x: `head_input(...)` (standardised features)."""
-        return l2_normalize(self.image_head(x))
+    def image_learned(self, x: torch.Tensor, adapters: StyleAdapters | None = None,
+                      mixture: torch.Tensor | None = None) -> torch.Tensor:
+        """x: `head_input(...)` (standardised features); with adapters and a (B, n_styles) style
+        mixture, the first layer is conditioned on the query's style (see models/style_adapters.py)."""
+        if adapters is None or mixture is None:
+            return l2_normalize(self.image_head(x))
+        first, act, last = self.image_head
+        return l2_normalize(last(act(adapters(x, first(x), mixture))))
 
     def text_learned(self, text: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.text_head(text))
@@ -226,9 +233,10 @@ class LiteHeads(nn.Module):
     def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
         return l2_normalize(torch.cat([mix**0.5 * bridge, (1 - mix) ** 0.5 * learned], -1))
 
-    def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._join(self.image_bridge(feats["logits"]), self.image_learned(self.head_input(feats)),
-                          self.cfg.image_mix)
+    def embed_image(self, feats: dict[str, torch.Tensor], adapters: StyleAdapters | None = None,
+                    mixture: torch.Tensor | None = None) -> torch.Tensor:
+        return self._join(self.image_bridge(feats["logits"]),
+                          self.image_learned(self.head_input(feats), adapters, mixture), self.cfg.image_mix)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         return self._join(self.text_bridge(text), self.text_learned(text), self.cfg.text_mix)
@@ -256,18 +264,26 @@ class LiteHeads(nn.Module):
 
 # ---------------------------------------------------------------- the encoder
 class LiteEncoder(Encoder):
-    def __init__(self, name: str, heads_path: str | Path, batch_size: int = 32) -> None:
+    def __init__(self, name: str, heads_path: str | Path, batch_size: int = 32,
+                 style_space: str | Path | None = None, style_adapters: str | Path | None = None) -> None:
         heads_path = Path(heads_path)
         if not heads_path.is_file():
             raise FileNotFoundError(
                 f"encoder {name!r}: heads file {heads_path} not found; train it with "
                 "`python -m search train-encoder --data ../shared/data --out " f"{heads_path}`")
+        for path, command in ((style_space, "train-style"), (style_adapters, "train-adapters")):
+            if path is not None and not Path(path).is_file():
+                raise FileNotFoundError(f"encoder {name!r}: {path} not found; train it with "
+                                        f"`python -m search {command} --data ../shared/data --out {path}`")
         self.name = name
         self.batch_size = batch_size
         self.heads = LiteHeads.load(heads_path)
         self.dim = self.heads.out_dim
+        # Adapters change query vectors only (never a photo's), so the fingerprint indexes check is the heads'.
         self._fingerprint = f"{name}@{file_sha256(heads_path)}"
         self.preprocess = preprocess_image
+        self.style_space = StyleSpace.load(style_space) if style_space else None
+        self.adapters = StyleAdapters.load(style_adapters) if style_adapters else None
 
     # Each tower loads on first use: a text query need not wait for timm/torchvision (~3 s of a cold start).
     @functools.cached_property
@@ -286,8 +302,22 @@ class LiteEncoder(Encoder):
         return self._fingerprint
 
     @torch.inference_mode()
-    def encode_image_tensors(self, pixels: torch.Tensor) -> np.ndarray:
-        return self.heads.embed_image(image_tower_outputs(self.image_tower, pixels)).numpy().astype(np.float32)
+    def encode_image_tensors(self, pixels: torch.Tensor, mixture: np.ndarray | None = None) -> np.ndarray:
+        """With a (B, n_styles) style mixture, the style adapters condition the image head."""
+        m = None if mixture is None or self.adapters is None else torch.from_numpy(np.asarray(mixture, np.float32))
+        feats = image_tower_outputs(self.image_tower, pixels)
+        return self.heads.embed_image(feats, self.adapters, m).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def style_probs(self, pixels: torch.Tensor) -> np.ndarray | None:
+        if self.style_space is None:
+            return None
+        return self.style_space.style_probs(gram_descriptors(self.image_tower, pixels)).astype(np.float32)
+
+    def encode_query_tensors(self, pixels: torch.Tensor,
+                             condition: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        probs = self.style_probs(pixels)
+        return self.encode_image_tensors(pixels, probs if condition else None), probs
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -29,6 +29,8 @@ class EncoderConfig:
     arch: str | None = None          # open_clip architecture, e.g. "ViT-B-32"
     pretrained: str | None = None    # open_clip tag, local checkpoint path, or None (random weights)
     weights: str | None = None       # lite: heads file, relative to models/
+    style_space: str | None = None   # lite: style bases (`train-style`), relative to models/
+    style_adapters: str | None = None  # lite: style adapters of the image head (`train-adapters`)
     batch_size: int = 32             # images per forward pass
     description: str = ""
 
@@ -84,9 +86,11 @@ def create_encoder(name: str, **overrides: Any) -> Encoder:
     if cfg.family == "lite":
         from .lite import LiteEncoder
 
-        weights = Path(cfg.weights)
-        return LiteEncoder(name, weights if weights.is_absolute() else Path(__file__).parent / weights,
-                           batch_size=cfg.batch_size)
+        def resolve(path: str | None) -> Path | None:
+            return None if path is None else Path(__file__).parent / path  # absolute paths stay absolute
+
+        return LiteEncoder(name, resolve(cfg.weights), batch_size=cfg.batch_size,
+                           style_space=resolve(cfg.style_space), style_adapters=resolve(cfg.style_adapters))
     from .openclip import OpenClipEncoder
 
     return OpenClipEncoder(name, cfg.arch, cfg.pretrained, batch_size=cfg.batch_size)

@@ -1,4 +1,4 @@
-"""Command line: `python -m search {index,query,eval,train-encoder,train-style} ...` (offline stages)."""
+"""Command line: `python -m search {index,query,eval,train-encoder,train-style,train-adapters,export-votes,...}`."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +9,12 @@ from pathlib import Path
 
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_outputs
+    from .rankings import RankSettings
 
     result = evaluate(args.benchmark, encoder=args.encoder, ranking=args.ranking,
-                      cache_dir=None if args.no_cache else args.cache_dir)
-    print(f"{result.benchmark} · encoder {result.encoder} · ranking {result.ranking}")
+                      cache_dir=None if args.no_cache else args.cache_dir, style=args.style == "on",
+                      settings=RankSettings(aesthetic_weight=args.aesthetic_weight), rephraser=args.rephraser)
+    print(f"{result.benchmark} · encoder {result.encoder} · ranking {result.ranking} · style {args.style}")
     print(result.table())
     if result.problems:
         print(f"\n{len(result.problems)} bad row(s) skipped:")
@@ -25,6 +27,7 @@ def _eval(args: argparse.Namespace) -> int:
 def _index(args: argparse.Namespace) -> int:
     from models import get_encoder
 
+    from .engine import make_scorer
     from .gallery import read_source
     from .gallery_index import build_index
     from .index import IndexSpec
@@ -32,8 +35,10 @@ def _index(args: argparse.Namespace) -> int:
     out = Path(args.out)
     items, skipped = read_source(args.source, extract_to=out / "files")
     spec = IndexSpec(args.factory, args.params, args.rerank) if args.factory else None
-    index, report = build_index(items, out, get_encoder(args.encoder), spec=spec, source=str(args.source),
-                                skipped=skipped, rebuild=args.rebuild, checkpoint_seconds=args.checkpoint_seconds)
+    encoder = get_encoder(args.encoder)
+    index, report = build_index(items, out, encoder, spec=spec, source=str(args.source), skipped=skipped,
+                                rebuild=args.rebuild, checkpoint_seconds=args.checkpoint_seconds,
+                                scorer=make_scorer(args.scorer, encoder))
     print(f"{out}: {len(index)} images · encoder {index.meta.fingerprint} · index {index.meta.factory}"
           f"{' ' + index.meta.params if index.meta.params else ''}"
           f"{f' · exact re-ranking of {index.meta.rerank}' if index.meta.rerank else ''}")
@@ -54,10 +59,33 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_votes(args: argparse.Namespace) -> int:
+    from .votes import export_votes
+
+    n = export_votes(args.data_dir, args.out)
+    print(f"{n} vote(s) written to {args.out}")
+    return 0
+
+
 def _train_encoder(args: argparse.Namespace) -> int:
     from .train_encoder import TrainConfig, train_encoder
 
     train_encoder(args.data, args.out, cache_dir=args.cache_dir, cfg=TrainConfig(steps=args.steps, seed=args.seed))
+    return 0
+
+
+def _train_adapters(args: argparse.Namespace) -> int:
+    from .train_adapters import AdapterConfig, train_adapters
+
+    train_adapters(args.data, args.heads, args.out, args.cache_dir, AdapterConfig(steps=args.steps, seed=args.seed))
+    return 0
+
+
+def _train_align(args: argparse.Namespace) -> int:
+    from .train_align import AlignConfig, train_align
+
+    train_align(args.data, args.out, cache_dir=args.cache_dir, votes=args.votes, vote_gallery=args.vote_gallery,
+                cfg=AlignConfig(steps=args.steps, seed=args.seed))
     return 0
 
 
@@ -71,7 +99,7 @@ def _train_style(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     from models import OfflineError
 
-    from .config import CACHE_DIR, DEFAULT_ENCODER, PROJECT_ROOT
+    from .config import CACHE_DIR, DATA_DIR, DEFAULT_ENCODER, PROJECT_ROOT
     from .train_encoder import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
@@ -88,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rerank", type=int, default=0,
                    help="with --factory: re-score this many candidates exactly (for compressed indexes)")
     p.add_argument("--rebuild", action="store_true", help="re-embed everything (e.g. with another encoder)")
+    p.add_argument("--scorer", default="auto",
+                   help="aesthetic scorer stored with each image: auto (fits the encoder), none, or a name")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0,
                    help="save progress this often, so an interrupted run resumes (default %(default)s)")
     p.set_defaults(func=_index)
@@ -103,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("eval", help="retrieval metrics on a benchmark folder (gallery.jsonl + queries.jsonl)")
     p.add_argument("benchmark", help="benchmark folder")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name (default {DEFAULT_ENCODER})")
-    p.add_argument("--ranking", default="baseline", help="ranking to evaluate (default baseline)")
+    p.add_argument("--ranking", default="baseline", choices=["baseline", "aligned", "shift"],
+                   help="ranking to evaluate (default baseline; others are reported beside the baseline)")
+    p.add_argument("--style", choices=["on", "off"], default="on",
+                   help="condition image queries on their detected style (default on)")
+    p.add_argument("--aesthetic-weight", type=float, default=0.5, help="aligned ranking: lambda (default 0.5)")
+    p.add_argument("--rephraser", default="template", help="aligned ranking: query rephraser (default template)")
     p.add_argument("--out", help="write metrics as JSON to this file")
     p.add_argument("--rankings-out", help="write each query's ranked gallery ids as JSONL")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="gallery embedding cache (default %(default)s)")
@@ -124,6 +159,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-style", type=int, default=600, help="training images per style (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_style)
+
+    weights = PROJECT_ROOT / "models" / "weights"
+    p = sub.add_parser("train-adapters", help="fit the lite encoder's style adapters (heads frozen) on train splits")
+    p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
+    p.add_argument("--heads", default=str(weights / "lite_heads.pt"), help="the frozen heads (default %(default)s)")
+    p.add_argument("--out", default=str(weights / "lite_style_adapters.pt"))
+    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="tower-output cache (default %(default)s)")
+    p.add_argument("--steps", type=int, default=400, help="optimiser steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_adapters)
+
+    p = sub.add_parser("train-align", help="ranked-DPO alignment of the lite heads (re-ranked lists + votes)")
+    p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
+    p.add_argument("--votes", help="exported votes (.jsonl/.parquet, or a folder of them) to learn from too")
+    p.add_argument("--vote-gallery", help="the gallery the votes were cast on: index directory or source "
+                                          "(default: the app's built-in gallery)")
+    p.add_argument("--out", default=str(weights / "lite_aligned_heads.pt"))
+    p.add_argument("--cache-dir", default=str(CACHE_DIR), help="tower-output cache (default %(default)s)")
+    p.add_argument("--steps", type=int, default=300, help="optimiser steps (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_align)
+
+    p = sub.add_parser("export-votes", help="write the app's preference votes to a .jsonl or .parquet file")
+    p.add_argument("--data-dir", default=str(DATA_DIR), help="the app's data directory (default %(default)s)")
+    p.add_argument("--out", required=True, help="output file: votes.jsonl or votes.parquet")
+    p.set_defaults(func=_export_votes)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

@@ -77,8 +77,8 @@ def load_benchmark(root: str | Path) -> Benchmark:
         else:
             seen.add(gid)
             captions = row.get("captions") or ([row["caption"]] if row.get("caption") else [])
-            gallery.append(GalleryItem(gid, root / rel, captions[0] if captions else None, row.get("label"),
-                                       {"style": row.get("style")}))
+            extra = {k: v for k, v in row.items() if k not in ("id", "path", "caption", "captions", "label")}
+            gallery.append(GalleryItem(gid, root / rel, captions[0] if captions else None, row.get("label"), extra))
             lines.append(n)
     queries = []
     for n, row in _rows(root / "queries.jsonl", problems):

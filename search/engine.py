@@ -1,21 +1,30 @@
 """A searchable gallery: an index directory + the encoder that made it; queries in, typed hits out."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import re
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from models import Encoder, get_encoder
+from models.style import check_readable, describe
 
 from .config import CACHE_DIR
 from .gallery import read_source
 from .gallery_index import BuildReport, GalleryIndex, build_index, read_meta
-from .rankings import get_ranking
+from .rankings import RankSettings, get_ranking
 from .types import GalleryItem, Hit, Query, Skipped
+
+if TYPE_CHECKING:
+    from models.aesthetic import AestheticScorer
+
+    from .rephrase import Rephraser, Rephrasing
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +33,7 @@ log = logging.getLogger(__name__)
 class SearchEngine:
     encoder: Encoder
     gallery: GalleryIndex
+    rephraser_spec: str = "template"   # see search.rephrase.create_rephraser
 
     @property
     def items(self) -> list[GalleryItem]:
@@ -43,37 +53,102 @@ class SearchEngine:
 
     @classmethod
     def build(cls, items: list[GalleryItem], encoder: str | Encoder = "lite", index_dir: str | Path | None = None,
-              name: str = "gallery", skipped: list[Skipped] | None = None,
-              cache_dir: str | Path = CACHE_DIR) -> tuple[SearchEngine, BuildReport]:
-        """Index `items` (incrementally) into `index_dir`, by default a folder of the cache named after them."""
+              name: str = "gallery", skipped: list[Skipped] | None = None, cache_dir: str | Path = CACHE_DIR,
+              scorer: str | None = "auto") -> tuple[SearchEngine, BuildReport]:
+        """Index `items` (incrementally) into `index_dir`, by default a folder of the cache named after them.
+        `scorer`: aesthetic scorer name, "auto" (the one that fits the encoder) or None."""
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         index_dir = index_dir or cache_index_dir(cache_dir, name, enc)
-        gallery, report = build_index(items, index_dir, enc, source=name, skipped=skipped)
+        gallery, report = build_index(items, index_dir, enc, source=name, skipped=skipped,
+                                      scorer=make_scorer(scorer, enc))
         for s in report.skipped:
             log.warning("gallery: skipped %s", s)
         return cls(enc, gallery), report
 
     @classmethod
-    def from_source(cls, source: str | Path, encoder: str | Encoder = "lite",
-                    cache_dir: str | Path = CACHE_DIR) -> tuple[SearchEngine, BuildReport]:
+    def from_source(cls, source: str | Path, encoder: str | Encoder = "lite", cache_dir: str | Path = CACHE_DIR,
+                    scorer: str | None = "auto") -> tuple[SearchEngine, BuildReport]:
         """A folder, manifest or zip, indexed under the cache (the same code as `python -m search index`)."""
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         index_dir = cache_index_dir(cache_dir, str(Path(source).resolve()), enc)
         items, skipped = read_source(source, extract_to=index_dir / "files")
-        return cls.build(items, enc, index_dir, str(source), skipped)
+        return cls.build(items, enc, index_dir, str(source), skipped, scorer=scorer)
 
-    def encode(self, query: Query) -> np.ndarray:
-        """(dim,) unit vector; a text + image query averages the two (composite weighting comes later)."""
-        parts = []
-        if query.text:
-            parts.append(self.encoder.encode_texts([query.text])[0])
+    def encode(self, query: Query, text: str | None = None, style: bool = True) -> EncodedQuery:
+        """A query -> one unit vector. `text` replaces the query's text (e.g. its rephrasing); `style`
+        lets a style-aware encoder condition the image on its detected style. Text + image: the two
+        unit vectors mixed by `query.text_weight` (early fusion, so any index searches it)."""
+        text = text or query.text
+        vec = img = probs = None
+        if text:
+            vec = self.encoder.encode_texts([text])[0]
         if query.image is not None:
-            parts.append(self.encoder.encode_images([query.image])[0])
-        v = np.mean(parts, axis=0)
-        return (v / np.linalg.norm(v)).astype(np.float32)
+            check_readable(query.image)  # StyleError (a ValueError) for a blank canvas or a uniform image
+            img_vecs, p = self.encoder.encode_query_tensors(self.encoder.preprocess(query.image)[None], style)
+            img, probs = img_vecs[0], None if p is None else p[0]
+        if vec is None:
+            vec = img
+        elif img is not None:
+            vec = query.text_weight * vec + (1 - query.text_weight) * img
+        vec = (vec / np.linalg.norm(vec)).astype(np.float32)
+        return EncodedQuery(vec, probs, describe(probs) if probs is not None else None)
 
-    def search(self, query: Query, k: int = 12, ranking: str = "baseline") -> list[Hit]:
-        return get_ranking(ranking)(self.encode(query)[None], self.gallery, k)[0]
+    def search(self, query: Query, k: int = 12, ranking: str = "baseline",
+               settings: RankSettings | None = None) -> list[Hit]:
+        settings = replace(settings or RankSettings(), k=k)
+        return get_ranking(ranking)(self.encode(query).vector[None], self.gallery, settings)[0]
+
+    def compare(self, query: Query, settings: RankSettings | None = None, rephrase: bool = True,
+                style: bool = True) -> Comparison:
+        """The baseline and the aesthetically-aligned ranking of one query, side by side.
+
+        The aligned side searches with the rephrased text (when there is text and `rephrase`)."""
+        t0 = time.perf_counter()
+        settings = settings or RankSettings()
+        base = self.encode(query, style=style)
+        from .rephrase import rephrase as rephrase_text
+
+        rephrasing = rephrase_text(self.rephraser, query.text) if rephrase and query.text else None
+        if rephrasing is not None and rephrasing.rephrased != query.text:
+            aligned_vec = self.encode(query, text=rephrasing.rephrased, style=style).vector
+        else:
+            aligned_vec = base.vector
+        baseline_hits = get_ranking("baseline")(base.vector[None], self.gallery, settings)[0]
+        aligned_hits = get_ranking("aligned")(aligned_vec[None], self.gallery, settings)[0]
+        return Comparison(query, base.style, rephrasing, tuple(baseline_hits), tuple(aligned_hits),
+                          time.perf_counter() - t0)
+
+    @functools.cached_property
+    def rephraser(self) -> Rephraser:
+        from .rephrase import create_rephraser
+
+        return create_rephraser(self.rephraser_spec)
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    vector: np.ndarray             # (dim,) unit vector
+    style_probs: np.ndarray | None  # (len(STYLES),) detected style of the query image, if any
+    style: str | None              # the same, readable: "sketch 0.91 · cartoon 0.06"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    query: Query
+    style: str | None              # detected style of the query image ("sketch 0.91 · cartoon 0.06"), if any
+    rephrasing: Rephrasing | None  # what the aligned side searched with, when the query has text
+    baseline: tuple[Hit, ...]      # plain kNN
+    aligned: tuple[Hit, ...]       # rephrased, re-scored with aesthetics, de-duplicated
+    seconds: float                 # time to answer both
+
+
+def make_scorer(name: str | None, encoder: Encoder) -> AestheticScorer | None:
+    """An aesthetic scorer by name; "auto" is the one that fits the encoder; None or "none" is no scoring."""
+    if name in (None, "none"):
+        return None
+    from models.aesthetic import create_scorer, scorer_for
+
+    return scorer_for(encoder) if name == "auto" else create_scorer(name, encoder)
 
 
 def cache_index_dir(cache_dir: str | Path, name: str, encoder: Encoder) -> Path:

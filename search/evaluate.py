@@ -5,22 +5,22 @@ import json
 import logging
 import tempfile
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from models import Encoder, get_encoder
 
-from .benchmark import Benchmark, Problem, load_benchmark
+from .benchmark import Benchmark, BenchQuery, Problem, load_benchmark
 from .config import CACHE_DIR, DEFAULT_ENCODER
 from .embedding import embed_files
 from .engine import cache_index_dir
 from .gallery_index import GalleryIndex, build_index
 from .index import IndexSpec
-from .metrics import METRICS, mean_metrics, query_metrics
-from .rankings import get_ranking
-from .types import Skipped
+from .metrics import AESTHETIC_METRICS, METRICS, mean_metrics, query_metrics
+from .rankings import RankSettings, get_ranking
+from .types import Hit, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -34,43 +34,78 @@ class EvalResult:
     by_style: dict[str, dict[str, float]]
     problems: list[Problem] = field(default_factory=list)
     rankings: list[tuple[str, list[str]]] = field(default_factory=list)  # (query id, ranked gallery ids)
+    style: bool = True                    # image queries conditioned on their detected style
+    baseline: EvalResult | None = None    # the baseline ranking of the same queries, beside another ranking
 
     def to_json(self) -> dict:
-        return {"benchmark": self.benchmark, "encoder": self.encoder, "ranking": self.ranking,
-                "overall": self.overall, "by_style": self.by_style,
-                "problems": [str(p) for p in self.problems]}
+        out = {"benchmark": self.benchmark, "encoder": self.encoder, "ranking": self.ranking, "style": self.style,
+               "overall": self.overall, "by_style": self.by_style, "problems": [str(p) for p in self.problems]}
+        if self.baseline is not None:
+            out["baseline"] = {"overall": self.baseline.overall, "by_style": self.baseline.by_style}
+        return out
 
     def table(self) -> str:
-        head = f"{'style':<12}" + "".join(f"{m:>8}" for m in METRICS) + f"{'n':>7}"
+        keys = [*METRICS, *(k for k in AESTHETIC_METRICS if k in self.overall)]
+        head = f"{'style':<12}" + "".join(f"{m:>9}" for m in keys) + f"{'n':>7}"
         rows = [head, "-" * len(head)]
-        for style, m in [*sorted(self.by_style.items()), ("overall", self.overall)]:
-            rows.append(f"{style:<12}" + "".join(f"{m[k]:>8.3f}" for k in METRICS) + f"{m['n']:>7}")
+        results = [(self.ranking, self)] if self.baseline is None else [("baseline", self.baseline),
+                                                                         (self.ranking, self)]
+        for name, r in results:
+            if len(results) > 1:
+                rows.append(f"[{name}]")
+            for style, m in [*sorted(r.by_style.items()), ("overall", r.overall)]:
+                rows.append(f"{style:<12}" + "".join(f"{m[k]:>9.3f}" for k in keys) + f"{m['n']:>7}")
         return "\n".join(rows)
 
 
 def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str = "baseline",
-             cache_dir: str | Path | None = CACHE_DIR) -> EvalResult:
-    """Index the gallery (kept under `cache_dir` for the next run, if set), run every query, score per style."""
+             cache_dir: str | Path | None = CACHE_DIR, style: bool = True,
+             settings: RankSettings | None = None, rephraser: str = "template") -> EvalResult:
+    """Index the gallery (kept under `cache_dir` for the next run, if set), run every query, score per style.
+
+    `style`: image queries are conditioned on their detected style (style-aware encoders only).
+    A ranking other than the baseline also reports the baseline beside it; it scores the gallery's
+    aesthetics (the encoder's default scorer) and searches with rephrased text queries.
+    """
     bench: Benchmark = load_benchmark(bench_dir)
     enc = get_encoder(encoder)
+    get_ranking(ranking)  # unknown names fail before any work
+    scorer = None
+    if ranking != "baseline":
+        from models.aesthetic import scorer_for
+
+        scorer = scorer_for(enc)
     with tempfile.TemporaryDirectory() as tmp:
-        index_dir = Path(tmp) if cache_dir is None else cache_index_dir(cache_dir, f"bench-{bench.root.resolve()}", enc)
+        name = f"bench-{bench.root.resolve()}" + (f"-{scorer.name}" if scorer else "")
+        index_dir = Path(tmp) if cache_dir is None else cache_index_dir(cache_dir, name, enc)
         # exact search: benchmark figures measure the encoder and ranking, not an approximate index
         gallery_index, report = build_index(bench.gallery, index_dir, enc, spec=IndexSpec("Flat"),
-                                            source=str(bench.root))
-        return _run_queries(bench, enc, gallery_index, report.skipped, encoder, ranking)
+                                            source=str(bench.root), scorer=scorer)
+        queries, qvecs, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
+        settings = replace(settings or RankSettings(), k=len(gallery_index))  # full rankings, for mAP
+        result = _score(bench, queries, qvecs, gallery_index, problems, encoder, "baseline", settings, style)
+        if ranking == "baseline":
+            return result
+        texts = [i for i, q in enumerate(queries) if q.text is not None]
+        if texts:
+            from .rephrase import create_rephraser, rephrase
+
+            r = create_rephraser(rephraser)
+            qvecs = qvecs.copy()
+            qvecs[texts] = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
+        other = _score(bench, queries, qvecs, gallery_index, problems, encoder, ranking, settings, style)
+        other.baseline = result
+        return other
 
 
-def _run_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex, skipped: list[Skipped],
-                 encoder: str, ranking: str) -> EvalResult:
-    rank = get_ranking(ranking)
+def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex, skipped: list[Skipped],
+                    style: bool) -> tuple[list[BenchQuery], np.ndarray, list[Problem]]:
+    """The usable queries, their vectors, and every bad row (with its file and line)."""
     problems = list(bench.problems)
     line_of = {str(g.path): n for g, n in zip(bench.gallery, bench.gallery_lines)}
     problems += [Problem("gallery.jsonl", line_of[s.where], f"{Path(s.where).name}: {s.reason}")
                  for s in skipped]
-    gallery = gallery_index.items
-    gallery_ids = {g.id for g in gallery}
-
+    gallery_ids = {r["id"] for r in gallery_index.rows}
     queries = []
     for q in bench.queries:
         missing = sorted(q.relevant - gallery_ids)
@@ -85,27 +120,41 @@ def _run_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex, sk
         qvecs[text_pos] = enc.encode_texts([queries[i].text for i in text_pos])
     image_pos = [i for i, q in enumerate(queries) if q.text is None]
     if image_pos:
-        ivecs, ok_q, bad_q = embed_files(enc, [queries[i].path for i in image_pos], "queries")
+        ivecs, ok_q, bad_q = embed_files(enc, [queries[i].path for i in image_pos], "queries", style=style)
         qvecs[[image_pos[i] for i in ok_q]] = ivecs
         for i, reason in bad_q:
             usable[image_pos[i]] = False
             q = queries[image_pos[i]]
             problems.append(Problem("queries.jsonl", q.line, f"{q.path.name}: {reason}"))
-    queries = [q for q, u in zip(queries, usable) if u]
-    qvecs = qvecs[usable]
+    for p in problems:
+        log.warning("skipped %s", p)
+    return [q for q, u in zip(queries, usable) if u], qvecs[usable], problems
 
-    hits = rank(qvecs, gallery_index, len(gallery))  # full rankings, so mAP sees every relevant item
+
+def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, gallery_index: GalleryIndex,
+           problems: list[Problem], encoder: str, ranking: str, settings: RankSettings, style: bool) -> EvalResult:
+    hits = get_ranking(ranking)(qvecs, gallery_index, settings)
     per_style: dict[str, list[dict]] = defaultdict(list)
     rankings = []
     for q, row in zip(queries, hits):
         ranked = [h.item.id for h in row]
-        per_style[q.style].append(query_metrics(ranked, q.relevant))
+        per_style[q.style].append({**query_metrics(ranked, q.relevant), **aesthetic_metrics(row)})
         rankings.append((q.id, ranked))
-    for p in problems:
-        log.warning("skipped %s", p)
-    return EvalResult(bench.name, encoder, ranking,
-                      mean_metrics([m for ms in per_style.values() for m in ms]),
-                      {s: mean_metrics(ms) for s, ms in per_style.items()}, problems, rankings)
+    return EvalResult(bench.name, encoder, ranking, mean_metrics([m for ms in per_style.values() for m in ms]),
+                      {s: mean_metrics(ms) for s, ms in per_style.items()}, problems, rankings, style)
+
+
+def aesthetic_metrics(hits: list[Hit], k: int = 10) -> dict[str, float]:
+    """Of the top k: "aes@10" mean aesthetic score (if scored); "orig@10" share of originals (if the gallery
+    holds degraded copies, marked by a `degraded_from` field)."""
+    top = hits[:k]
+    out = {}
+    scores = [h.item.aesthetic for h in top if h.item.aesthetic is not None]
+    if scores:
+        out["aes@10"] = float(np.mean(scores))
+    if any("degraded_from" in h.item.extra for h in hits):
+        out["orig@10"] = float(np.mean(["degraded_from" not in h.item.extra for h in top]))
+    return out
 
 
 def write_outputs(result: EvalResult, out: str | Path | None, rankings_out: str | Path | None,

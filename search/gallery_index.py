@@ -22,11 +22,15 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
 
 from models import Encoder
+
+if TYPE_CHECKING:
+    from models.aesthetic import AestheticScorer
 
 from .images import iter_batches
 from .index import IndexSpec, VectorIndex, auto_spec
@@ -56,6 +60,7 @@ class IndexMeta:
     source: str | None = None
     updated: str = ""
     version: int = FORMAT_VERSION
+    scorer: str | None = None  # aesthetic scorer fingerprint, if images were scored
 
     @property
     def spec(self) -> IndexSpec:
@@ -90,6 +95,9 @@ def _digest(text: str) -> str:
 
 class GalleryIndex:
     """A loaded index directory: items, their vectors in a FAISS index, searchable by vector."""
+
+    _direction: np.ndarray | None = None
+    _rows_by_id: dict[str, int] | None = None
 
     def __init__(self, root: Path, meta: IndexMeta, rows: list[dict], index: VectorIndex,
                  skipped: list[Skipped]) -> None:
@@ -138,8 +146,31 @@ class GalleryIndex:
     def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
         """(Q, dim) unit vectors -> per query, the k best items as typed hits."""
         scores, rows = self.index.search(query_vecs, k)
-        return [[Hit(self.item(r), float(s), n) for n, (s, r) in enumerate(zip(srow, rrow), start=1) if r >= 0]
+        return [[Hit(self.item(r), float(s), n, int(r), float(s))
+                 for n, (s, r) in enumerate(zip(srow, rrow), start=1) if r >= 0]
                 for srow, rrow in zip(scores, rows)]
+
+    def row_of(self, item_id: str) -> int | None:
+        """The row of the item with this id (None if there is none)."""
+        if self._rows_by_id is None:
+            self._rows_by_id = {r["id"]: i for i, r in enumerate(self.rows)}
+        return self._rows_by_id.get(item_id)
+
+    def vectors(self, rows: list[int]) -> np.ndarray:
+        """(len(rows), dim) float32 gallery vectors (read from the memory-mapped file)."""
+        return np.asarray(self.index.vectors[np.asarray(rows, dtype=np.int64)], np.float32)
+
+    def aesthetic_direction(self) -> np.ndarray | None:
+        """Unit vector from the worst- to the best-scored images (None without aesthetic scores)."""
+        if self._direction is None:
+            from .rankings import aesthetic_direction
+
+            scored = [i for i, r in enumerate(self.rows) if r.get("aesthetic") is not None]
+            if len(scored) < 2:
+                return None
+            self._direction = aesthetic_direction(self.vectors(scored),
+                                                  np.array([self.rows[i]["aesthetic"] for i in scored]))
+        return self._direction
 
 
 def read_meta(root: Path) -> IndexMeta | None:
@@ -159,11 +190,14 @@ def check_encoder(meta: IndexMeta, encoder: Encoder, root: Path) -> None:
 
 def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, spec: IndexSpec | None = None,
                 source: str | None = None, skipped: list[Skipped] | None = None, rebuild: bool = False,
-                checkpoint_seconds: float = 30.0, progress: bool = True) -> tuple[GalleryIndex, BuildReport]:
+                checkpoint_seconds: float = 30.0, progress: bool = True,
+                scorer: AestheticScorer | None = None) -> tuple[GalleryIndex, BuildReport]:
     """Create or update the index directory `out` for `items`: embed only new or changed files.
 
     `spec` None keeps the previous index's spec if it was chosen by hand, else picks one by size.
     `skipped` are entries the source already left out (they go into the summary and the log).
+    `scorer` gives each image an aesthetic score (in the decoding threads); another scorer than the
+    previous run's means a rebuild.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -172,16 +206,20 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
     old = read_meta(out)
     if old is not None and not rebuild:
         check_encoder(old, encoder, out)
+    scorer_id = scorer.fingerprint if scorer else None
+    if old is not None and old.scorer != scorer_id:
+        log.info("%s: aesthetic scorer changed (%s -> %s): re-indexing every image", out, old.scorer, scorer_id)
+        rebuild = True
     prev_rows = [] if old is None or rebuild else _previous_rows(out, old)
     known = _previous_vectors(out, old, prev_rows) if prev_rows else {}
     partial = out / "partial"
-    known.update(_partial_vectors(partial, encoder.fingerprint))
+    known.update(_partial_vectors(partial, _partial_id(encoder, scorer)))
 
     ids = [_identity_or_none(it.path) for it in items]
     todo = [i for i, key in enumerate(ids) if key is not None and key not in known]
     report.skipped += [Skipped(str(items[i].path), "no such file") for i, key in enumerate(ids) if key is None]
     report.reused = sum(key is not None and key in known for key in ids)
-    fresh = _embed(items, ids, todo, encoder, out, partial, checkpoint_seconds, progress, report)
+    fresh = _embed(items, ids, todo, encoder, out, partial, checkpoint_seconds, progress, report, scorer)
     known.update(fresh)
     report.added = len(fresh)
 
@@ -194,7 +232,7 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
         index = GalleryIndex.load(out, encoder)  # nothing changed: keep the current snapshot
     else:
         vectors = np.stack([known[ids[i]][0] for i in keep]) if keep else np.zeros((0, encoder.dim), np.float32)
-        index = _commit(out, encoder, spec, vectors, rows, report.skipped, source, old)
+        index = _commit(out, encoder, spec, vectors, rows, report.skipped, source, old, scorer_id)
     shutil.rmtree(partial, ignore_errors=True)
     report.seconds = time.perf_counter() - t0
     log.info("%s: %s", out, report.summary().splitlines()[0])
@@ -211,16 +249,17 @@ def write_index(out: str | Path, encoder: Encoder, items: list[GalleryItem], vec
         raise ValueError(f"expected vectors of shape ({len(items)}, {encoder.dim}), got {vectors.shape}")
     out.mkdir(parents=True, exist_ok=True)
     rows = [_item_row(it, identity(it.path), {"width": it.size[0] if it.size else None,
-                                             "height": it.size[1] if it.size else None, "thumbnail": None}, out)
+                                             "height": it.size[1] if it.size else None, "thumbnail": None,
+                                             "aesthetic": it.aesthetic}, out)
             for it in items]
     return _commit(out, encoder, spec or auto_spec(len(items), encoder.dim), vectors, rows, [], source,
-                   read_meta(out))
+                   read_meta(out), None)
 
 
 # ---------------------------------------------------------------- embedding with checkpoints
 def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], encoder: Encoder, out: Path,
-           partial: Path, checkpoint_seconds: float, progress: bool,
-           report: BuildReport) -> dict[str, tuple[np.ndarray, dict]]:
+           partial: Path, checkpoint_seconds: float, progress: bool, report: BuildReport,
+           scorer: AestheticScorer | None = None) -> dict[str, tuple[np.ndarray, dict]]:
     """Embed items[todo]; every `checkpoint_seconds` the vectors so far go to `partial/` (resumable)."""
     fresh: dict[str, tuple[np.ndarray, dict]] = {}
     if not todo:
@@ -238,7 +277,8 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
             tmp = thumb.with_name(f"{thumb.stem}.{uuid.uuid4().hex}.tmp")
             small.save(tmp, "JPEG", quality=85)
             os.replace(tmp, thumb)
-        info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix()}
+        info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix(),
+                     "aesthetic": float(scorer.score_images([im])[0]) if scorer else None}
 
     pending: list[tuple[str, np.ndarray, dict]] = []
     last = time.monotonic()
@@ -251,11 +291,16 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
             report.skipped += [Skipped(str(paths[p]), reason) for p, reason in failed]
             bar.update(len(pos) + len(failed))
             if pending and time.monotonic() - last >= checkpoint_seconds:
-                _write_partial(partial, encoder.fingerprint, pending)
+                _write_partial(partial, _partial_id(encoder, scorer), pending)
                 fresh.update((k, (v, m)) for k, v, m in pending)
                 pending, last = [], time.monotonic()
     fresh.update((k, (v, m)) for k, v, m in pending)
     return fresh
+
+
+def _partial_id(encoder: Encoder, scorer: AestheticScorer | None) -> str:
+    """What checkpointed vectors and scores depend on."""
+    return encoder.fingerprint + (f"+{scorer.fingerprint}" if scorer else "")
 
 
 def _write_partial(partial: Path, fingerprint: str, pending: list[tuple[str, np.ndarray, dict]]) -> None:
@@ -287,7 +332,8 @@ def _partial_vectors(partial: Path, fingerprint: str) -> dict[str, tuple[np.ndar
 # ---------------------------------------------------------------- snapshots
 def _previous_vectors(out: Path, meta: IndexMeta, rows: list[dict]) -> dict[str, tuple[np.ndarray, dict]]:
     vectors = np.load(out / meta.snapshot / "vectors.npy", mmap_mode="r")
-    return {r["key"]: (v, {k: r[k] for k in ("width", "height", "thumbnail")}) for r, v in zip(rows, vectors)}
+    return {r["key"]: (v, {k: r.get(k) for k in ("width", "height", "thumbnail", "aesthetic")})
+            for r, v in zip(rows, vectors)}
 
 
 def _previous_rows(out: Path, meta: IndexMeta) -> list[dict]:
@@ -299,7 +345,7 @@ def _is_auto(meta: IndexMeta) -> bool:
 
 
 def _commit(out: Path, encoder: Encoder, spec: IndexSpec, vectors: np.ndarray, rows: list[dict],
-            skipped: list[Skipped], source: str | None, old: IndexMeta | None) -> GalleryIndex:
+            skipped: list[Skipped], source: str | None, old: IndexMeta | None, scorer: str | None) -> GalleryIndex:
     """Write a new snapshot, then point index.json at it (atomic rename), then drop older snapshots."""
     snapshot = f"snapshot-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     snap = out / snapshot
@@ -311,7 +357,7 @@ def _commit(out: Path, encoder: Encoder, spec: IndexSpec, vectors: np.ndarray, r
     index.save(snap / "faiss.index")
     meta = IndexMeta(encoder.name, encoder.fingerprint, spec.factory, spec.params, spec.rerank, encoder.dim,
                      len(rows), snapshot, source or (old.source if old else None),
-                     datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                     datetime.now(timezone.utc).isoformat(timespec="seconds"), scorer=scorer)
     _fsync_dir(snap)
     tmp = out / f"{META_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
@@ -335,8 +381,8 @@ def _fsync_dir(snap: Path) -> None:
 
 def _item_row(item: GalleryItem, key: str, info: dict, out: Path) -> dict:
     return {"id": item.id, "path": _relative_to(item.path, out), "key": key,
-            "bytes": int(key.rsplit("|", 2)[1]), **info, "caption": item.caption, "label": item.label,
-            "aesthetic": None, **({"extra": item.extra} if item.extra else {})}
+            "bytes": int(key.rsplit("|", 2)[1]), "aesthetic": None, **info, "caption": item.caption,
+            "label": item.label, **({"extra": item.extra} if item.extra else {})}
 
 
 def _item_from_row(row: dict, root: Path) -> GalleryItem:

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 METRICS = ("R@1", "R@5", "R@10", "mAP", "P@10")
+AESTHETIC_METRICS = ("aes@10", "orig@10")  # mean aesthetic score and share of originals in the top 10
 
 
 def query_metrics(ranked: Sequence[str], relevant: Iterable[str]) -> dict[str, float]:
@@ -34,6 +35,8 @@ def query_metrics(ranked: Sequence[str], relevant: Iterable[str]) -> dict[str, f
 def mean_metrics(per_query: Sequence[dict[str, float]]) -> dict[str, float]:
     """Average per-query metrics; `n` is the number of queries."""
     out = {m: float(np.mean([q[m] for q in per_query])) if per_query else 0.0 for m in METRICS}
+    out.update({m: float(np.mean([q[m] for q in per_query])) for m in AESTHETIC_METRICS
+                if per_query and all(m in q for q in per_query)})
     out["n"] = len(per_query)
     return out
 

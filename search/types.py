@@ -26,19 +26,24 @@ class GalleryItem:
 class Query:
     text: str | None = None        # free text (may accompany an image)
     image: Image.Image | None = field(default=None, compare=False)  # RGB query image
+    text_weight: float = 0.5       # with both: the text's share of the fused query vector (0..1)
 
     def __post_init__(self) -> None:
         text = (self.text or "").strip()
         object.__setattr__(self, "text", text or None)
         if self.text is None and self.image is None:
             raise ValueError("empty query: give a text, an image, or both")
+        if not 0.0 <= self.text_weight <= 1.0:
+            raise ValueError(f"text_weight must be in 0..1, got {self.text_weight}")
 
 
 @dataclass(frozen=True)
 class Hit:
     item: GalleryItem              # the gallery image found
-    score: float                   # similarity to the query (inner product of unit vectors)
+    score: float                   # what the ranking sorted by (baseline: the similarity)
     rank: int                      # 1 = best
+    row: int = -1                  # the item's row in its gallery index (its vector)
+    relevance: float | None = None  # similarity to the query, when `score` is something else
 
 
 @dataclass(frozen=True)

@@ -84,3 +84,45 @@ def test_blank_or_uniform_images_are_refused(image: Image.Image) -> None:
 
 def test_a_drawing_is_readable() -> None:
     check_readable(pencil_sketch(photo("chelsea.png")))
+
+
+# ---------------------------------------------------------------- style-conditioned encoding (adapters)
+def test_adapters_change_query_embeddings_but_never_a_photo_or_the_gallery() -> None:
+    import torch
+
+    from models import get_encoder
+
+    enc = get_encoder("lite")
+    assert enc.adapters is not None and enc.style_space is not None
+    images = [photo("coffee.png"), pencil_sketch(photo("coffee.png")), photo("chelsea.png")]
+    pixels = torch.stack([preprocess_image(im) for im in images])
+    gallery = enc.encode_image_tensors(pixels)                      # how the index encodes images
+    off, probs = enc.encode_query_tensors(pixels, condition=False)
+    on, probs_on = enc.encode_query_tensors(pixels, condition=True)
+    np.testing.assert_array_equal(off, gallery)                       # no conditioning = gallery encoding
+    np.testing.assert_array_equal(probs, probs_on)
+    assert STYLES[int(probs[1].argmax())] == "sketch"
+    # the sketch query moves; a photo conditioned on a pure "photo" mixture is bit-identical to the gallery
+    assert float(np.abs(on[1] - gallery[1]).max()) > 1e-3
+    photo_mix = np.eye(len(STYLES), dtype=np.float32)[[STYLES.index("photo")] * 3]
+    np.testing.assert_array_equal(enc.encode_image_tensors(pixels, photo_mix), gallery)
+    np.testing.assert_allclose(np.linalg.norm(on, axis=1), 1.0, rtol=1e-5)
+
+
+def test_adapters_save_load_and_validate_their_input(tmp_path: Path) -> None:
+    import torch
+
+    from models.style_adapters import StyleAdapters
+
+    torch.manual_seed(0)
+    a = StyleAdapters(in_dim=12, hidden=8, rank=3)
+    with torch.no_grad():
+        for p in a.parameters():
+            p.normal_()
+    a.save(tmp_path / "a.pt")
+    b = StyleAdapters.load(tmp_path / "a.pt")
+    x, h = torch.randn(4, 12), torch.randn(4, 8)
+    m = torch.softmax(torch.randn(4, len(STYLES)), 1)
+    torch.testing.assert_close(b(x, h, m), a.half().float()(x, h, m))  # saved as fp16
+    with pytest.raises(ValueError, match=r"style mixture must have shape \(4, 6\), got \(4, 5\)"):
+        a(x, h, m[:, :5])
