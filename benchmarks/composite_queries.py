@@ -40,7 +40,8 @@ def main() -> None:
     label = {g.id: g.label for g in bench.gallery}
     queries = [q for q in bench.queries if q.style == args.style and q.path is not None]
     with tempfile.TemporaryDirectory() as tmp:
-        engine, _ = SearchEngine.build(bench.gallery, args.encoder, Path(tmp) / "index", name="composite")
+        engine, _ = SearchEngine.build(bench.gallery, args.encoder, Path(tmp) / "index", name="composite",
+                                       scorer=None)
         gallery_vecs = engine.gallery.vectors(list(range(len(engine.gallery))))
         ids = [r["id"] for r in engine.gallery.rows]
         rows = {w: [] for w in WEIGHTS}

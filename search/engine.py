@@ -120,9 +120,11 @@ class SearchEngine:
 
     @functools.cached_property
     def rephraser(self) -> Rephraser:
-        from .rephrase import create_rephraser
+        from .rephrase import CachedRephraser, create_rephraser
 
-        return create_rephraser(self.rephraser_spec)
+        r = create_rephraser(self.rephraser_spec)
+        # model-backed rephrasers take seconds: remember their answers (the template is instant)
+        return r if self.rephraser_spec in ("template", "none") else CachedRephraser(r)
 
 
 @dataclass(frozen=True)
@@ -148,7 +150,13 @@ def make_scorer(name: str | None, encoder: Encoder) -> AestheticScorer | None:
         return None
     from models.aesthetic import create_scorer, scorer_for
 
-    return scorer_for(encoder) if name == "auto" else create_scorer(name, encoder)
+    if name != "auto":
+        return create_scorer(name, encoder)
+    try:
+        return scorer_for(encoder)
+    except (FileNotFoundError, RuntimeError) as e:  # weights not trained / not downloadable offline
+        log.warning("indexing without aesthetic scores (the aligned ranking uses relevance only): %s", e)
+        return None
 
 
 def cache_index_dir(cache_dir: str | Path, name: str, encoder: Encoder) -> Path:

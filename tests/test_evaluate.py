@@ -244,7 +244,7 @@ def test_cli_eval_prints_a_table_and_reuses_its_cache(bench: Path, tmp_path: Pat
     first = subprocess.run(cmd, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stderr[-3000:]
     lines = first.stdout.splitlines()
-    assert lines[0] == f"tiny · encoder {ENCODER} · ranking baseline"
+    assert lines[0] == f"tiny · encoder {ENCODER} · ranking baseline · style on"
     assert lines[1].split() == ["style", *METRICS, "n"]
     rows = {line.split()[0]: line.split()[1:] for line in lines[3:] if line.strip() and not line.startswith(" ")}
     for style in ("copy", "complement", "text", "text-content", "overall"):
