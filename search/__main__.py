@@ -67,6 +67,44 @@ def _export_votes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _aesthetic_score(args: argparse.Namespace) -> int:
+    import json
+
+    from models import create_scorer, get_encoder, scorer_for
+
+    from .images import ImageLoadError, load_image
+
+    encoder = get_encoder(args.encoder)
+    scorer = create_scorer(args.scorer, encoder) if args.scorer else scorer_for(encoder)
+    out = open(args.out, "w") if args.out else sys.stdout  # closed below unless stdout
+    n_ok, skipped = 0, []
+    try:
+        for start in range(0, len(args.paths), 32):
+            images, paths = [], []
+            for path in args.paths[start : start + 32]:
+                try:
+                    images.append(load_image(path))
+                    paths.append(path)
+                except ImageLoadError as e:
+                    skipped.append(e)
+                    print(f"skipped {e}", file=sys.stderr)
+            for path, score in zip(paths, scorer.score_images(images)):
+                out.write(json.dumps({"path": path, "score": round(float(score), 6)}) + "\n")
+            n_ok += len(paths)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"{n_ok} image(s) scored with {scorer.fingerprint}; {len(skipped)} skipped", file=sys.stderr)
+    return 0
+
+
+def _train_aesthetic(args: argparse.Namespace) -> int:
+    from .train_aesthetic import AestheticTrainConfig, train_aesthetic
+
+    train_aesthetic(args.data, args.out, AestheticTrainConfig(photos=args.photos, seed=args.seed))
+    return 0
+
+
 def _train_encoder(args: argparse.Namespace) -> int:
     from .train_encoder import TrainConfig, train_encoder
 
@@ -100,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     from models import OfflineError
 
     from .config import CACHE_DIR, DATA_DIR, DEFAULT_ENCODER, PROJECT_ROOT
+    from .train_aesthetic import AestheticTrainConfig
     from .train_encoder import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
@@ -180,6 +219,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=300, help="optimiser steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_align)
+
+    p = sub.add_parser("aesthetic-score", help="aesthetic scores of image files, one JSON line per image")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="image files")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name (default {DEFAULT_ENCODER})")
+    p.add_argument("--scorer", help="scorer name (default: the encoder's; see models.list_scorers())")
+    p.add_argument("--out", help="write {path, score} JSON lines here (default stdout)")
+    p.set_defaults(func=_aesthetic_score)
+
+    p = sub.add_parser("train-aesthetic", help="train the lite-quality scorer on train photos and degraded copies")
+    p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
+    p.add_argument("--out", default=str(weights / "lite_aesthetic.pt"))
+    p.add_argument("--photos", type=int, default=AestheticTrainConfig.photos,
+                   help="train photos sampled (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_aesthetic)
 
     p = sub.add_parser("export-votes", help="write the app's preference votes to a .jsonl or .parquet file")
     p.add_argument("--data-dir", default=str(DATA_DIR), help="the app's data directory (default %(default)s)")
