@@ -14,7 +14,7 @@ from PIL import Image, ImageChops
 
 from models import OfflineError, ScorerError, create_encoder, create_scorer, get_encoder, list_scorers, scorer_for
 from models.aesthetic import HEADS, LITE, QualityHead, QualityHeadConfig, head_file, load_head
-from models.quality_features import FEATURE_NAMES, quality_features
+from models.quality_features import quality_features
 from search.__main__ import main
 from search.degradations import (
     ALL_DEGRADATIONS,
@@ -197,7 +197,8 @@ def test_degradation_lists_and_lookup() -> None:
     new_types = {d.name for d in HELD_OUT_DEGRADATIONS} - {d.name for d in TRAIN_DEGRADATIONS}
     assert {"motion_blur", "salt_pepper", "pixelate", "posterize", "vignette", "haze"} <= new_types
     assert get_degradation("jpeg:15").strength == 15 and get_degradation("greyscale").strength == 0
-    with pytest.raises(ValueError, match=r"degradation type 'jpeg' has several strengths; give one of jpeg:35, jpeg:15"):
+    with pytest.raises(ValueError,
+                       match=r"degradation type 'jpeg' has several strengths; give one of jpeg:35, jpeg:15"):
         get_degradation("jpeg")
     with pytest.raises(ValueError, match=r"unknown degradation 'smudge'; known: gaussian_blur:1.2"):
         degrade(Image.new("RGB", (8, 8)), "smudge")
