@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image
@@ -65,7 +66,26 @@ def sketch_image(value: dict | None) -> Image.Image | None:
 
 def upload_image(path: str | None) -> Image.Image | None:
     """An uploaded file, opened defensively (ImageLoadError says why a file cannot be used)."""
-    return load_image(path) if path else None
+    if not path:
+        return None
+    try:
+        return load_image(path)
+    except ImageLoadError as e:  # name the visitor's file, not the server's temporary copy of it
+        raise ImageLoadError(Path(path).name, e.reason) from e
+
+
+class ImageUpload(gr.Image):
+    """gr.Image whose undecodable upload is a clear message (Gradio's own check raises a generic error)."""
+
+    is_template = True  # drawn by gr.Image's front end
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201 (gr.Image's signature)
+        try:
+            return super().preprocess(payload)
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+            name = Path(getattr(payload, "orig_name", None) or "the upload").name
+            reason = str(e) if isinstance(e, Image.DecompressionBombError) else "not a readable image"
+            raise gr.Error(f"{name}: {reason}", print_exception=False) from e
 
 
 def to_query(text: str | None, sketch: dict | None, upload: str | None, source: str, text_weight: float) -> Query:
@@ -130,10 +150,11 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
                 with gr.Tabs():
                     with gr.Tab("Sketch") as sketch_tab:
                         sketch = gr.Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=360,
-                                              layers=False)
+                                              layers=False, brush=gr.Brush(default_size=3, colors=["#000000"],
+                                                                           color_mode="fixed"))
                     with gr.Tab("Upload") as upload_tab:
-                        upload = gr.Image(label="Image (artwork, low-res or photo)", type="filepath",
-                                          sources=["upload", "clipboard"], height=360)
+                        upload = ImageUpload(label="Image (artwork, low-res or photo)", type="filepath",
+                                             image_mode=None, sources=["upload", "clipboard"], height=360)
                 text_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Text weight",
                                         info="with a sketch or image plus text: the text's share of the query")
                 search_btn = gr.Button("Search", variant="primary")
@@ -241,7 +262,10 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
         more_btn, vote_btn, choice = gr.Button(visible=False), gr.Button(visible=False), gr.Textbox(visible=False)
         more_btn.click(more_like_this, [picked, *settings_in], outputs, api_name="more_like_this")
         for side, g in (("A", gallery_a), ("B", gallery_b)):
-            g.select(functools.partial(pick, side=side), shown, picked, api_name=False).then(
+            def pick_on(state: Shown | None, evt: gr.SelectData, side: str = side) -> str:
+                return pick(state, side, evt)  # a def, not functools.partial: Gradio finds evt by its type hint
+
+            g.select(pick_on, shown, picked, api_name=False).then(
                 more_like_this, [picked, *settings_in], outputs, api_name=False)
         vote_io = ([choice, shown, consent], [reveal, shown, *vote_btns.values()])
         vote_btn.click(vote, *vote_io, api_name="vote")

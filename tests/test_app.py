@@ -1,28 +1,41 @@
-"""The real app, served in a subprocess and queried through gradio_client (no mocks)."""
+"""The real app, served in a subprocess and used through gradio_client (no mocks): /search, /vote and
+/more_like_this end to end, votes read back from the real SQLite store, bad inputs, a restart."""
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import re
 import socket
+import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
 
 import pytest
 import skimage
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from PIL import Image
+
+from search.config import APP_VERSION
+from search.images import MAX_PIXELS
+from search.votes import VoteStore
 
 pytestmark = pytest.mark.slow
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
-STARTUP_TIMEOUT = 120  # seconds: loading the encoder and embedding the gallery on a busy CPU
+STARTUP_TIMEOUT = 300  # seconds: loading the encoder and embedding the gallery on a busy 2-core CPU
+REVEAL = re.compile(r"\*\*([AB])\*\* was the baseline ranking and \*\*([AB])\*\* the aesthetically-aligned one\. "
+                    r"You chose: (.+)\.")
 
 
+# ---------------------------------------------------------------- the app under test
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -37,90 +50,302 @@ def answers(url: str) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """`python app.py` on a free port, run from a foreign cwd (gallery files must still be served)."""
-    tmp = tmp_path_factory.mktemp("app")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    log_path = tmp / "server.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, str(APP), "--port", str(port), "--cache-dir", str(tmp / "cache")],
-                                cwd=tmp, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
+class App:
+    """`python app.py --port P --cache-dir C --data-dir D`, run from a foreign cwd; restartable on the same dirs."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.cache_dir, self.data_dir = root, root / "cache", root / "data"
+        self.proc: subprocess.Popen | None = None
+        self.url = ""
+        self.starts = 0
+
+    def start(self) -> None:
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/"
+        self.starts += 1
+        self.log = self.root / f"server-{self.starts}.log"
+        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_WAIT_POLICY": "PASSIVE"}
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(APP), "--port", str(port), "--cache-dir", str(self.cache_dir),
+                 "--data-dir", str(self.data_dir)], cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not answers(url):
-            if proc.poll() is not None:
-                pytest.fail(f"app.py exited with {proc.returncode}:\n{log_path.read_text()}")
+        while not answers(self.url):
+            if self.proc.poll() is not None:
+                pytest.fail(f"app.py exited with {self.proc.returncode}:\n{self.log.read_text()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"app.py did not answer on {url} within {STARTUP_TIMEOUT} s:\n{log_path.read_text()}")
-            time.sleep(1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+                self.stop()
+                pytest.fail(f"app.py did not answer on {self.url} within {STARTUP_TIMEOUT} s:\n{self.log.read_text()}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def id_of(self, result: dict) -> str:
+        """The gallery id of one gallery result (by its served file's name: the item's thumbnail or file)."""
+        image = result["image"]
+        name = Path(image["path"] if isinstance(image, dict) else image).name
+        return self.gallery_ids()[name]
+
+    def gallery_ids(self) -> dict[str, str]:
+        """{thumbnail or image file name: item id} of the index the app built under --cache-dir."""
+        (meta,) = self.cache_dir.glob("indexes/*/index.json")
+        snapshot = meta.parent / json.loads(meta.read_text())["snapshot"]
+        rows = [json.loads(line) for line in (snapshot / "items.jsonl").read_text().splitlines() if line.strip()]
+        return {Path(r.get("thumbnail") or r["path"]).name: r["id"] for r in rows}
+
+    def votes(self) -> list:
+        with VoteStore(self.data_dir) as store:
+            return store.votes()
 
 
 @pytest.fixture(scope="module")
-def client(server: str) -> Client:
-    return Client(server, verbose=False)
+def app(tmp_path_factory: pytest.TempPathFactory):
+    app = App(tmp_path_factory.mktemp("app"))
+    app.start()
+    try:
+        yield app
+    finally:
+        app.stop()
 
 
-def score(result: dict) -> float:
-    """The score at the end of a gallery caption ("a cat (Chelsea) · 0.312")."""
-    match = re.search(r"· (-?\d+\.\d{3})$", result["caption"])
-    assert match, f"caption without a 3-decimal score: {result['caption']!r}"
-    return float(match.group(1))
+def client(app: App) -> Client:
+    """A fresh visitor: each Client is its own session (its own gr.State)."""
+    return Client(app.url, verbose=False, download_files=False)
 
 
-def test_text_query_finds_the_cat(client: Client) -> None:
-    results = client.predict("a cat", None, api_name="/search")
-    assert len(results) == 12  # DEFAULT_TOP_K
-    assert "cat" in results[0]["caption"]
-    assert Path(results[0]["image"]).name == "chelsea.png"
-    scores = [score(r) for r in results]
-    assert scores == sorted(scores, reverse=True)
+def search(c: Client, text: str = "", sketch: dict | None = None, upload: str | None = None, **settings) -> tuple:
+    return c.predict(text, sketch, handle_file(upload) if upload else None, **settings, api_name="/search")
 
 
-def test_image_query_finds_the_same_photo(client: Client) -> None:
-    results = client.predict(image=handle_file(str(SKIMAGE_DATA / "coffee.png")), api_name="/search")
-    assert Path(results[0]["image"]).name == "coffee.png"
-    assert "coffee" in results[0]["caption"]
-    assert score(results[0]) > 0.99  # the query is the gallery image itself
+def ids(app: App, gallery: list[dict]) -> list[str]:
+    return [app.id_of(r) for r in gallery]
 
 
-def test_empty_query_is_an_error_and_the_app_keeps_serving(client: Client) -> None:
-    with pytest.raises(AppError, match="empty query"):
-        client.predict("   ", None, api_name="/search")
-    assert Path(client.predict("a cat", None, api_name="/search")[0]["image"]).name == "chelsea.png"
+def new_votes(app: App, before: list) -> list:
+    seen = {v.vote_id for v in before}
+    return [v for v in app.votes() if v.vote_id not in seen]
 
 
-def run_app(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(APP), *args], capture_output=True, text=True, timeout=120)
+# ---------------------------------------------------------------- search
+def test_text_search_returns_two_rankings_of_k_results(app: App, tmp_path: Path) -> None:
+    c = Client(app.url, verbose=False, download_files=str(tmp_path))  # files really served and downloaded
+    a, b, info, reveal = search(c, "a cat", k=5, show_scores=True)
+    assert len(a) == len(b) == 5
+    for side in (a, b):
+        assert len(set(ids(app, side))) == 5
+        assert all(Image.open(r["image"]).size[0] > 0 for r in side)
+        assert all(re.search(r"relevance -?\d\.\d{3} · aesthetic", r["caption"]) for r in side), side
+    assert "skimage/chelsea" in ids(app, a) and "skimage/chelsea" in ids(app, b)
+    assert "skimage/chelsea" in (ids(app, a)[0], ids(app, b)[0])  # first at least on the baseline side
+    assert "**Query:** text" in info and "**Rephrased:**" in info and "5 results per side" in info
+    assert reveal == ""  # hidden until the vote
+    a, b, _, _ = search(c, "a cat")
+    assert len(a) == len(b) == 12  # DEFAULT_TOP_K
+    assert all(" · relevance" not in r["caption"] for r in a + b)
 
 
-def test_help_lists_the_options() -> None:
-    done = run_app("--help")
-    assert done.returncode == 0, done.stderr
-    for option in ("--gallery", "--index", "--encoder", "--cache-dir", "--top-k", "--host", "--port", "--share"):
-        assert option in done.stdout
+def test_image_search_ranks_the_same_photo_first_on_both_sides(app: App) -> None:
+    a, b, info, _ = search(client(app), upload=str(SKIMAGE_DATA / "coffee.png"))
+    assert ids(app, a)[0] == ids(app, b)[0] == "skimage/coffee"
+    assert re.search(r"\*\*Query style:\*\* \w+ \d\.\d\d", info), info
 
 
-def test_bad_arguments_exit_with_a_message(tmp_path: Path) -> None:
-    done = run_app("--encoder", "no-such-encoder")
-    assert done.returncode != 0
-    assert "unknown encoder 'no-such-encoder'" in done.stderr
-    done = run_app("--gallery", str(tmp_path))
-    assert done.returncode != 0
-    assert "holds no images" in done.stderr
-    done = run_app("--index", str(tmp_path))
-    assert done.returncode != 0
-    assert "is not an index directory" in done.stderr and "python -m search index" in done.stderr
-    done = run_app("--index", str(tmp_path), "--gallery", str(tmp_path))
-    assert done.returncode != 0
-    assert "give --gallery or --index, not both" in done.stderr
+def test_more_like_this_finds_the_clicked_image_first(app: App) -> None:
+    c = client(app)
+    a, b, info, _ = c.predict("skimage/astronaut", k=4, api_name="/more_like_this")
+    assert len(a) == len(b) == 4
+    assert ids(app, a)[0] == ids(app, b)[0] == "skimage/astronaut"
+    before = app.votes()
+    c.predict("B", True, api_name="/vote")
+    (vote,) = new_votes(app, before)
+    assert vote.settings["more_like"] == "skimage/astronaut" and vote.query_image and vote.query_text is None
+    with pytest.raises(AppError, match="no gallery image with id 'no/such-id'"):
+        c.predict("no/such-id", api_name="/more_like_this")
+
+
+# ---------------------------------------------------------------- votes
+def test_a_vote_is_stored_with_everything_the_visitor_was_shown(app: App) -> None:
+    c = client(app)
+    start = time.time()
+    a, b, _, _ = search(c, "  a cat  ", k=6, aesthetic_weight=0.7, dedup=False)
+    before = app.votes()
+    reveal = c.predict("B", True, api_name="/vote")
+    (vote,) = new_votes(app, before)
+    assert vote.query_text == "a cat" and vote.query_image is None and vote.style is None
+    assert vote.rephrased and "cat" in vote.rephrased
+    assert [r.id for r in vote.side_a] == ids(app, a) and [r.id for r in vote.side_b] == ids(app, b)
+    assert vote.choice == "B" and vote.baseline_side in ("A", "B")
+    assert vote.preferred == ("baseline" if vote.baseline_side == "B" else "aligned")
+    baseline = vote.side_a if vote.baseline_side == "A" else vote.side_b
+    scores = [r.score for r in baseline]
+    assert scores == sorted(scores, reverse=True)  # the baseline is plain kNN, best first
+    assert vote.app_version == APP_VERSION and vote.encoder.startswith("lite@") and vote.index
+    assert vote.settings == {"k": 6, "aesthetic_weight": 0.7, "rephrase": True, "dedup": False,
+                             "show_scores": False, "text_weight": 0.5}
+    assert vote.session and start - 1 <= vote.time <= time.time() + 1
+    # the reveal names the side the store recorded as baseline
+    match = REVEAL.search(reveal)
+    assert match, reveal
+    assert match[1] == vote.baseline_side and match[2] != match[1] and match[3] == "B is better"
+
+
+def test_a_vote_on_an_image_query_stores_the_image_and_its_style(app: App) -> None:
+    c = client(app)
+    a, b, _, _ = search(c, upload=str(SKIMAGE_DATA / "coffee.png"), k=3)
+    before = app.votes()
+    c.predict("both_bad", True, api_name="/vote")
+    (vote,) = new_votes(app, before)
+    assert vote.query_text is None and vote.style and vote.choice == "both_bad"
+    assert [r.id for r in vote.side_a] == ids(app, a) and [r.id for r in vote.side_b] == ids(app, b)
+    stored = app.data_dir / "images" / f"{vote.query_image}.png"
+    with Image.open(stored) as im, Image.open(SKIMAGE_DATA / "coffee.png") as original:
+        assert im.size == original.size
+
+
+def test_voting_twice_on_one_query_stores_one_vote(app: App) -> None:
+    c = client(app)
+    search(c, "a red rocket", k=3)
+    before = app.votes()
+    first = c.predict("A", True, api_name="/vote")
+    second = c.predict("tie", True, api_name="/vote")
+    (vote,) = new_votes(app, before)
+    assert vote.choice == "A"
+    assert REVEAL.search(first)[3] == REVEAL.search(second)[3] == "A is better"
+
+
+def test_a_vote_needs_consent(app: App) -> None:
+    c = client(app)
+    search(c, "a cup of coffee", k=3)
+    before = app.votes()
+    with pytest.raises(AppError, match="tick \"I agree that my votes are stored\""):
+        c.predict("A", False, api_name="/vote")
+    assert new_votes(app, before) == []
+    c.predict("A", True, api_name="/vote")  # the shown comparison is still there to vote on
+    assert len(new_votes(app, before)) == 1
+
+
+def test_a_vote_before_any_search_is_an_error(app: App) -> None:
+    before = app.votes()
+    with pytest.raises(AppError, match="search first"):
+        client(app).predict("A", True, api_name="/vote")
+    c = client(app)
+    search(c, "a cat", k=2)
+    with pytest.raises(AppError, match="unknown choice 'C'"):
+        c.predict("C", True, api_name="/vote")
+    assert new_votes(app, before) == []
+
+
+# ---------------------------------------------------------------- bad inputs
+def png_header(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape, without the bomb)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "notes.png").write_text("this is a text file, not an image\n")
+    Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB").save(d / "cat.jpg", quality=90)
+    jpeg = (d / "cat.jpg").read_bytes()
+    (d / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    side = int(MAX_PIXELS ** 0.5) + 1000
+    (d / "huge-header.png").write_bytes(png_header(side, side))
+    Image.new("1", (side, side), 1).save(d / "huge-1bit.png")  # a real, decodable image of a few KB
+    (d / "bomb.png").write_bytes(png_header(20_000, 20_000))  # over PIL's own bomb limit too
+    Image.new("RGBA", (512, 512), (0, 0, 0, 0)).save(d / "transparent.png")  # an untouched canvas
+    Image.new("RGB", (512, 512), "white").save(d / "white.png")  # a canvas painted white
+    return d
+
+
+def canvas(path: Path) -> dict:
+    return {"background": None, "layers": [], "composite": handle_file(str(path))}
+
+
+over = re.escape(f"over the {MAX_PIXELS:,} limit")
+BAD_INPUTS = {  # name: (text, sketch file, upload file, the message expected)
+    "empty query": ("   ", None, None, "empty query: give a text, an image, or both"),
+    "blank canvas": ("", "transparent.png", None, "the canvas is blank: draw something"),
+    "white canvas": ("", "white.png", None, "the image is blank or a single colour"),
+    "non-image upload": ("", None, "notes.png", "notes.png.*not a readable image"),
+    "truncated jpeg": ("", None, "truncated.jpg", r"truncated.jpg: not a readable image \(image file is truncated"),
+    "huge image (header)": ("", None, "huge-header.png", over),
+    "huge image (1-bit)": ("", None, "huge-1bit.png", over),
+    "decompression bomb": ("", None, "bomb.png", "bomb.png.*(exceeds limit|over the)"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_a_bad_input_gets_a_clear_message_and_the_next_query_works(app: App, bad_files: Path, case: str) -> None:
+    text, sketch, upload, message = BAD_INPUTS[case]
+    c = client(app)
+    start = time.monotonic()
+    with pytest.raises(AppError, match=message) as error:
+        search(c, text, canvas(bad_files / sketch) if sketch else None, str(bad_files / upload) if upload else None)
+    assert "/tmp" not in str(error.value) and str(app.root) not in str(error.value)  # no server paths
+    assert time.monotonic() - start < 15, "a bad input should be refused without decoding it"
+    a, b, _, _ = search(c, "a cat", k=3)
+    assert len(a) == len(b) == 3
+
+
+# ---------------------------------------------------------------- command line
+@pytest.fixture(scope="module")
+def cli():
+    """app.py imported as a module (its main(argv) in this process: no second gradio/torch start-up)."""
+    spec = importlib.util.spec_from_file_location("app_cli", APP)
+    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_help_lists_the_options(cli, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    for option in ("--gallery", "--index", "--encoder", "--cache-dir", "--data-dir", "--top-k", "--concurrency",
+                   "--rephraser", "--hub-repo", "--host", "--port", "--share"):
+        assert option in out
+
+
+def test_bad_arguments_exit_with_a_message(cli, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    def error(*argv: str) -> str:
+        """main(argv) must exit non-zero; its message (SystemExit's, or argparse's on stderr)."""
+        with pytest.raises(SystemExit) as done:
+            cli.main([*argv, "--cache-dir", str(tmp_path / "cache"), "--data-dir", str(tmp_path / "data")])
+        assert done.value.code not in (0, None)
+        return f"{done.value.code} {capsys.readouterr().err}"
+
+    empty = str(tmp_path)
+    assert "unknown encoder 'no-such-encoder'" in error("--encoder", "no-such-encoder")
+    assert "holds no images" in error("--gallery", empty)
+    message = error("--index", empty)
+    assert "is not an index directory" in message and "python -m search index" in message
+    assert "give --gallery or --index, not both" in error("--index", empty, "--gallery", empty)
+    assert "--top-k and --concurrency must be >= 1" in error("--top-k", "0")
+    assert not (tmp_path / "data").exists()  # nothing served, nothing stored
+
+
+# ---------------------------------------------------------------- last: a restart
+def test_votes_survive_a_restart(app: App) -> None:
+    before = app.votes()
+    assert before, "the tests above stored votes"
+    app.stop()
+    app.start()  # same --data-dir, new process
+    assert [v.vote_id for v in app.votes()] == [v.vote_id for v in before]
+    with VoteStore(app.data_dir) as store:
+        assert store.integrity_check() == "ok"
+    c = client(app)
+    search(c, "a cat", k=2)
+    c.predict("tie", True, api_name="/vote")
+    assert len(app.votes()) == len(before) + 1
