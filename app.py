@@ -18,17 +18,22 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import gradio as gr
-from PIL import Image
+# One BLAS/OpenMP thread per request (set before numpy/torch load): --concurrency requests run side by side,
+# and for one query's small products a thread hand-off costs more than it saves (benchmarks/app_load.py).
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
-from search.config import APP_VERSION, CACHE_DIR, DATA_DIR, DEFAULT_ENCODER, DEFAULT_TOP_K
-from search.engine import Comparison, SearchEngine
-from search.examples import make_examples
-from search.gallery import default_gallery
-from search.images import ImageLoadError, load_image
-from search.rankings import RankSettings
-from search.types import Hit, Query
-from search.votes import CHOICES, RankedId, Vote, VoteStore
+import gradio as gr  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from search.config import APP_VERSION, CACHE_DIR, DATA_DIR, DEFAULT_ENCODER, DEFAULT_TOP_K  # noqa: E402
+from search.engine import Comparison, SearchEngine  # noqa: E402
+from search.examples import make_examples  # noqa: E402
+from search.gallery import default_gallery  # noqa: E402
+from search.images import ImageLoadError, load_image  # noqa: E402
+from search.rankings import RankSettings  # noqa: E402
+from search.types import Hit, Query  # noqa: E402
+from search.votes import CHOICES, RankedId, Vote, VoteStore  # noqa: E402
 
 log = logging.getLogger("app")
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
