@@ -209,7 +209,7 @@ def main() -> None:
                         help="first, this many text and sketch searches by one visitor alone (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=4, help="app.py --concurrency (default %(default)s)")
     parser.add_argument("--server-threads", type=int, default=None,
-                        help="OMP/OPENBLAS/MKL_NUM_THREADS of the app process (default: inherited)")
+                        help="OMP/OPENBLAS/MKL_NUM_THREADS of the app process (default: the app's own, 1)")
     parser.add_argument("--build-only", action="store_true", help="build the index and stop")
     args = parser.parse_args()
 
@@ -252,7 +252,7 @@ def main() -> None:
 
     total = args.clients * args.iterations
     print(f"\n{args.n}-image {args.encoder} index, app --concurrency {args.concurrency}, server threads "
-          f"{args.server_threads or 'default'}")
+          f"{args.server_threads or 'default (1)'}")
     print(f"one visitor alone, {args.solo} text and {args.solo} sketch searches; server side (both rankings):")
     print("  " + line("search text", alone["text"]))
     print("  " + line("search sketch", alone["sketch"]))

@@ -304,7 +304,12 @@ def cli():
     """app.py imported as a module (its main(argv) in this process: no second gradio/torch start-up)."""
     spec = importlib.util.spec_from_file_location("app_cli", APP)
     module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # its dataclasses look it up there
-    spec.loader.exec_module(module)
+    environ = dict(os.environ)
+    try:
+        spec.loader.exec_module(module)
+    finally:  # app.py sets thread variables for its own process: keep them out of this one's later tests
+        os.environ.clear()
+        os.environ.update(environ)
     return module
 
 

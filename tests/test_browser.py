@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import sync_playwright  # requirements-dev.txt; drives /usr/bin/chromium only
 from test_app import App  # the same launched app.py (foreign cwd, temporary --cache-dir/--data-dir)
 
 pytestmark = pytest.mark.slow
@@ -17,8 +18,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 TIMEOUT_MS = 120_000  # one answer on a busy 2-core CPU (the first sketch also loads the image tower)
 K = 12  # DEFAULT_TOP_K
-
-sync_api = pytest.importorskip("playwright.sync_api")  # in requirements-dev.txt
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +34,8 @@ def app(tmp_path_factory: pytest.TempPathFactory):
 def browser():
     if not CHROMIUM.exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium chromium-driver` (.ci/run does it)")
-    with sync_api.sync_playwright() as p:
+    (ARTIFACTS / "steps.txt").unlink(missing_ok=True)  # this run's step durations only
+    with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=[
             "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"])
         try:
@@ -96,8 +96,8 @@ class Visit:
             points = [(box["x"] + x * box["width"], box["y"] + y * box["height"]) for x, y in stroke]
             mouse.move(*points[0])
             mouse.down()
-            for point in points[1:]:
-                mouse.move(*point, steps=6)
+            for point in points[1:]:  # one event per vertex: the canvas joins them with straight lines
+                mouse.move(*point)  # (each event costs ~0.5 s of software rendering on a busy CPU)
             mouse.up()
 
 
@@ -106,8 +106,8 @@ def house() -> list[list[tuple[float, float]]]:
     walls = [(0.25, 0.55), (0.7, 0.55), (0.7, 0.82), (0.25, 0.82), (0.25, 0.55)]
     roof = [(0.22, 0.57), (0.47, 0.32), (0.73, 0.57)]
     door = [(0.42, 0.82), (0.42, 0.68), (0.52, 0.68), (0.52, 0.82)]
-    sun = [(0.75 + 0.06 * math.cos(t / 12 * 2 * math.pi), 0.25 + 0.06 * math.sin(t / 12 * 2 * math.pi))
-           for t in range(13)]
+    sun = [(0.75 + 0.06 * math.cos(t / 8 * 2 * math.pi), 0.25 + 0.06 * math.sin(t / 8 * 2 * math.pi))
+           for t in range(9)]
     return [walls, roof, door, sun]
 
 
