@@ -172,9 +172,9 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
                     show_scores = gr.Checkbox(False, label="Show relevance and aesthetic scores")
             with gr.Column(scale=5):
                 with gr.Row():
-                    gallery_a = gr.Gallery(label="A", columns=3, height=520, object_fit="cover",
+                    gallery_a = gr.Gallery(label="A", columns=4, height=520, object_fit="cover",
                                            interactive=False, allow_preview=False)
-                    gallery_b = gr.Gallery(label="B", columns=3, height=520, object_fit="cover",
+                    gallery_b = gr.Gallery(label="B", columns=4, height=520, object_fit="cover",
                                            interactive=False, allow_preview=False)
                 info = gr.Markdown("Ask something to see two rankings. Click a result to search for more like it.")
                 with gr.Row():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +29,20 @@ TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
     # a mirror image (training augmentation: sketch and photo mirrored together keep their pose match)
     "hflip": lambda im: im.transpose(Image.FLIP_LEFT_RIGHT),
 }
+DEGRADED = "deg:"  # view "deg:<degradation id>", e.g. "deg:jpeg:15": a search.degradations copy
+
+
+def get_transform(view: str) -> Callable[[Image.Image], Image.Image]:
+    """A named view: one of TRANSFORMS, or "deg:<id>" (`search.degradations.degrade`, seeded by the image's
+    pixels so every photo gets its own random hue or crop corner, the same on every run)."""
+    if view.startswith(DEGRADED):
+        from .degradations import degrade, get_degradation
+
+        d = get_degradation(view[len(DEGRADED):])
+        return lambda im: degrade(im, d, seed=zlib.crc32(im.convert("RGB").resize((8, 8)).tobytes()))
+    if view not in TRANSFORMS:
+        raise ValueError(f"unknown view {view!r}; known: {', '.join(map(repr, TRANSFORMS))} or '{DEGRADED}<id>'")
+    return TRANSFORMS[view]
 
 
 class TowerCache:
@@ -59,7 +74,7 @@ class TowerCache:
             new_keys, new = [], {name: [] for name in FEATURE_DIMS}
             bar = tqdm(total=len(group), desc=f"tower outputs {t or 'original'}", unit="img")
             for pos, pixels, failed in iter_batches([k.rsplit("|", 1)[0] for k in group], preprocess_image,
-                                                    batch_size, TRANSFORMS[t]):
+                                                    batch_size, get_transform(t)):
                 if pos:
                     for name, v in image_tower_outputs(tower, pixels).items():
                         new[name].append(v.half().numpy())

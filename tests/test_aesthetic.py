@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageChops
 
-from models import OfflineError, ScorerError, create_encoder, create_scorer, get_encoder, list_scorers, scorer_for
+from models import OfflineError, ScorerError, create_scorer, get_encoder, list_scorers, scorer_for
 from models.aesthetic import HEADS, LITE, QualityHead, QualityHeadConfig, head_file, load_head
 from models.quality_features import quality_features
 from search.__main__ import main
@@ -30,7 +30,7 @@ SHARED_HEADS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "aes
 needs_shared = pytest.mark.skipif(not SHARED_HEADS.is_dir(), reason="../shared/weights/aesthetic is absent")
 
 
-def package_photos(max_side: int = 320) -> list[Image.Image]:
+def package_photos(max_side: int = 256) -> list[Image.Image]:
     """The default gallery's photos, shrunk so that tests stay fast (a shrunk photo is the original)."""
     out = []
     for item in default_gallery():
@@ -107,7 +107,7 @@ def test_v2_head_file_loads_into_the_mlp() -> None:
 
 @pytest.fixture(scope="module")
 def random_vit() -> object:
-    return create_encoder("open_clip:ViT-B-32")  # random weights: the head's numbers are meaningless here
+    return get_encoder("open_clip:ViT-B-32")  # random weights: the head's numbers are meaningless here
 
 
 @needs_shared
@@ -145,11 +145,11 @@ def test_lite_scorer_ranks_package_photos_above_degraded_copies(photos) -> None:
     assert scorer_for(get_encoder("lite")).fingerprint == scorer.fingerprint
     wins = []
     for i, im in enumerate(photos):
-        copies = [HELD_OUT_DEGRADATIONS[(i * 5 + k) % len(HELD_OUT_DEGRADATIONS)](im, seed=i) for k in range(5)]
+        copies = [HELD_OUT_DEGRADATIONS[(i * 4 + k) % len(HELD_OUT_DEGRADATIONS)](im, seed=i) for k in range(4)]
         copies = [c for c in copies if ImageChops.difference(c, im).getbbox() is not None]  # grey photo: no-op
         s = scorer.score_images([im, *copies])
         wins += list(s[0] > s[1:])
-    assert len(wins) >= 80 and np.mean(wins) >= 0.8, f"{np.mean(wins):.2f} of {len(wins)} pairs"
+    assert len(wins) >= 70 and np.mean(wins) >= 0.8, f"{np.mean(wins):.2f} of {len(wins)} pairs"
 
 
 def test_scores_are_deterministic_and_cheap(photos) -> None:
@@ -168,12 +168,12 @@ def test_training_learns_to_rank_originals_first(photos) -> None:
     """The real training step on real photos: a few package photos, a few degradations each."""
     rng = np.random.default_rng(0)
     feats, which = [], []
-    for i, im in enumerate(photos[:12]):
-        chosen = rng.choice(len(TRAIN_DEGRADATIONS), 4, replace=False)
+    for i, im in enumerate(photos[:10]):
+        chosen = rng.choice(len(TRAIN_DEGRADATIONS), 3, replace=False)
         feats.append(np.stack([quality_features(x) for x in [im] + [TRAIN_DEGRADATIONS[j](im, i) for j in chosen]]))
         which.append(chosen)
     data = PairData(np.stack(feats), np.stack(which))
-    head = fit_head(data, AestheticTrainConfig(steps=200))
+    head = fit_head(data, AestheticTrainConfig(steps=150))
     acc = pair_accuracy(head, data)
     assert acc["all"] >= 0.9, acc
     scores = head(torch.from_numpy(data.feats[:, 0]))
