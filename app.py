@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import logging
 import os
 import random
@@ -18,10 +19,18 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# Importing gradio and torch creates ~0.5M objects that live as long as the process: the cyclic GC would scan
+# them ~10 times while they load (~1 s). It is off until they are imported, then they are frozen (see below).
+if __name__ == "__main__":
+    gc.disable()
+
 # One BLAS/OpenMP thread per request (set before numpy/torch load): --concurrency requests run side by side,
 # and for one query's small products a thread hand-off costs more than it saves (benchmarks/app_load.py).
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
+# Gradio switches matplotlib to Agg around every request; finding the default backend first imports pyplot
+# (~0.5 s of the first answer). A server draws nothing on a screen: Agg is the default here.
+os.environ.setdefault("MPLBACKEND", "agg")
 
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -35,7 +44,14 @@ from search.rankings import RankSettings  # noqa: E402
 from search.types import Hit, Query  # noqa: E402
 from search.votes import CHOICES, RankedId, Vote, VoteStore  # noqa: E402
 
+if __name__ == "__main__":  # imported: later collections need not scan these modules' objects again
+    gc.freeze()
+    gc.enable()
+
 log = logging.getLogger("app")
+# After the first answer, the encoder loads what it loads lazily (the image tower: ~3 s of imports) this long
+# later: started at once, it held the GIL while that answer and its images were being sent (+0.5-5 s).
+WARM_UP_DELAY = 2.0
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 CONSENT = ("Votes are stored to improve the aligned ranking: the query (text, or the image you drew or "
            "uploaded), both rankings and your choice, with an anonymous session id and nothing else.")
@@ -141,7 +157,12 @@ def to_vote(shown: Shown, choice: str, session: str, image_hash: str | None, eng
 # ---------------------------------------------------------------- UI
 def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
              examples_dir: str | os.PathLike | None = None) -> gr.Blocks:
-    warm_up_once = functools.cache(lambda: threading.Thread(target=engine.encoder.warm_up, daemon=True).start())
+    @functools.cache
+    def warm_up_once() -> None:
+        timer = threading.Timer(WARM_UP_DELAY, engine.encoder.warm_up)
+        timer.daemon = True
+        timer.start()
+
     side_of = random.SystemRandom()
     with gr.Blocks(title="Visual search", analytics_enabled=False) as demo:
         gr.Markdown(f"# Visual search\nFind images with words, a sketch, an artwork or a blurry photo · "

@@ -2,7 +2,8 @@
 
 Layout of INDEX_DIR:
     index.json          encoder fingerprint, index spec, dimension, count, and the current snapshot
-    <snapshot>/         vectors.npy (float32, row i = item i), items.jsonl, faiss.index, skipped.jsonl
+    <snapshot>/         vectors.npy (float32, row i = item i), items.jsonl, faiss.index, skipped.jsonl,
+                        folders.json (the folders of the items' paths, so a server need not read every row)
     thumbs/             small JPEG previews, named by the image's identity
     partial/            vectors embedded by an unfinished run (resumed, then removed)
     index.log           what each run added, re-used, removed and skipped
@@ -19,6 +20,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 META_FILE = "index.json"
+FOLDERS_FILE = "folders.json"
 THUMB_SIZE = 256
 
 
@@ -93,15 +96,38 @@ def _digest(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:20]
 
 
+class Rows(Sequence[dict]):
+    """The lines of items.jsonl, each parsed on first access: a search reads a few hundred of them, and
+    parsing all of a 100k-item index takes ~1 s of its cold start."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+        self._parsed: list[dict | None] = [None] * len(lines)
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __getitem__(self, i):  # an int or a slice, as a list takes
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        row = self._parsed[i]
+        if row is None:
+            row = self._parsed[i] = json.loads(self._lines[i])
+        return row
+
+
 class GalleryIndex:
     """A loaded index directory: items, their vectors in a FAISS index, searchable by vector."""
 
     _direction: np.ndarray | None = None
     _rows_by_id: dict[str, int] | None = None
 
-    def __init__(self, root: Path, meta: IndexMeta, rows: list[dict], index: VectorIndex,
-                 skipped: list[Skipped]) -> None:
+    def __init__(self, root: Path, meta: IndexMeta, rows: Sequence[dict], index: VectorIndex,
+                 skipped: list[Skipped], dirs: list[str] | None = None) -> None:
+        """`dirs`: the folders of the rows' paths, as stored (relative to `root` or absolute); None: read
+        them from the rows."""
         self.root, self.meta, self.rows, self.index, self.skipped = root, meta, rows, index, skipped
+        self._dirs = dirs
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,7 +142,8 @@ class GalleryIndex:
 
     def folders(self) -> list[str]:
         """The top-most folders holding the gallery's files (e.g. what a web server may serve)."""
-        dirs = sorted({os.path.dirname(os.path.join(self.root, r["path"])) for r in self.rows} | {str(self.root)})
+        stored = self._dirs if self._dirs is not None else _dirs_of(self.rows)
+        dirs = sorted({os.path.join(self.root, d) if d else str(self.root) for d in stored} | {str(self.root)})
         top: list[str] = []
         for d in dirs:  # sorted, so a parent comes right before its sub-folders
             if not top or not (d + os.sep).startswith(top[-1].rstrip(os.sep) + os.sep):
@@ -135,13 +162,14 @@ class GalleryIndex:
             check_encoder(meta, encoder, root)
         snap = root / meta.snapshot
         vectors = np.load(snap / "vectors.npy", mmap_mode="r")
-        rows = [json.loads(line) for line in _lines(snap / "items.jsonl")]
+        rows = Rows([line for line in (snap / "items.jsonl").read_bytes().split(b"\n") if line.strip()])
         index = VectorIndex.load(snap / "faiss.index", meta.spec, vectors)
         if not (len(rows) == len(vectors) == len(index) == meta.count):
             raise ValueError(f"{root}: index files disagree ({len(rows)} items, {len(vectors)} vectors, "
                              f"{len(index)} indexed, {meta.count} expected); rebuild it")
         skipped = [Skipped(**json.loads(line)) for line in _lines(snap / "skipped.jsonl")]
-        return cls(root, meta, rows, index, skipped)
+        dirs = json.loads((snap / FOLDERS_FILE).read_text()) if (snap / FOLDERS_FILE).is_file() else None
+        return cls(root, meta, rows, index, skipped, dirs)  # an index written before folders.json: dirs None
 
     def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
         """(Q, dim) unit vectors -> per query, the k best items as typed hits."""
@@ -353,6 +381,7 @@ def _commit(out: Path, encoder: Encoder, spec: IndexSpec, vectors: np.ndarray, r
     np.save(snap / "vectors.npy", vectors.astype(np.float32))
     _write_lines(snap / "items.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
     _write_lines(snap / "skipped.jsonl", [json.dumps(asdict(s), ensure_ascii=False) for s in skipped])
+    (snap / FOLDERS_FILE).write_text(json.dumps(_dirs_of(rows), ensure_ascii=False) + "\n", encoding="utf-8")
     index = VectorIndex.build(vectors.astype(np.float32), spec) if len(vectors) else VectorIndex(encoder.dim, spec)
     index.save(snap / "faiss.index")
     meta = IndexMeta(encoder.name, encoder.fingerprint, spec.factory, spec.params, spec.rerank, encoder.dim,
@@ -393,6 +422,11 @@ def _item_from_row(row: dict, root: Path) -> GalleryItem:
                        aesthetic=row.get("aesthetic"))
 
 
+def _dirs_of(rows: Sequence[dict]) -> list[str]:
+    """The distinct folders of the rows' paths, as stored: relative to the index directory or absolute."""
+    return sorted({os.path.dirname(r["path"]) for r in rows})
+
+
 def _relative_to(path: Path, root: Path) -> str:
     """Paths inside the index directory (extracted zips) are stored relative, so the folder can move."""
     path, root = Path(path).resolve(), root.resolve()
@@ -407,7 +441,9 @@ def _identity_or_none(path: Path) -> str | None:
 
 
 def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()] if path.is_file() else []
+    """Non-blank lines, split at "\\n" only: json.dumps leaves U+2028 and U+0085 in strings unescaped, and
+    str.splitlines() would cut a row at them."""
+    return [line for line in path.read_text(encoding="utf-8").split("\n") if line.strip()] if path.is_file() else []
 
 
 def _write_lines(path: Path, lines: list[str]) -> None:

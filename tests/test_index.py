@@ -17,7 +17,7 @@ from PIL import Image
 
 from models import create_encoder, get_encoder
 from search.gallery import read_source
-from search.gallery_index import GalleryIndex, IndexMismatchError, build_index
+from search.gallery_index import GalleryIndex, IndexMismatchError, build_index, write_index
 from search.index import IndexSpec, VectorIndex, auto_spec, compressed_spec
 from search.types import GalleryItem
 
@@ -243,6 +243,25 @@ def test_index_of_another_encoder_is_refused_with_how_to_rebuild(tmp_path: Path,
         build_index(items, tmp_path / "index", other, progress=False)
     index, report = build_index(items, tmp_path / "index", other, rebuild=True, progress=False)
     assert report.added == 3 and index.meta.fingerprint == other.fingerprint and index.meta.dim == other.dim
+
+
+@pytest.mark.slow
+def test_rows_and_folders_of_a_loaded_index(tmp_path: Path, lite) -> None:
+    out = (tmp_path / "index").resolve()
+    paths = [*make_photos(tmp_path / "photos" / "a", 2), *make_photos(tmp_path / "photos" / "b" / "deep", 1),
+             *make_photos(out / "files", 1), *make_photos(tmp_path / "other", 1)]
+    captions = ["a cat\u2028on two lines", "caf\u00e9\u0085", None, "x", "y"]  # no line breaks for JSON Lines
+    items = [GalleryItem(f"item{i}", p, c) for i, (p, c) in enumerate(zip(paths, captions))]
+    write_index(out, lite, items, clustered_unit_vectors(len(items), lite.dim, 0))
+    want = [str(out), *(str((tmp_path / d).resolve()) for d in ("other", "photos/a", "photos/b/deep"))]
+
+    index = GalleryIndex.load(out, lite)  # rows are parsed as they are read
+    assert len(index) == len(index.rows) == 5 and index.rows[-1]["id"] == "item4"
+    assert index.rows[1:3] == [index.rows[1], index.rows[2]] and index.row_of("item3") == 3
+    assert [it.caption for it in index.items] == captions and index.item(3).path == out / "files" / "photo000.jpg"
+    assert index.folders() == want
+    (out / index.meta.snapshot / "folders.json").unlink()  # an index written before folders.json: read the rows
+    assert GalleryIndex.load(out, lite).folders() == want
 
 
 # ---------------------------------------------------------------- sources: manifests and zips
