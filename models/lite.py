@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .aesthetic_gate import AestheticGate
 from .base import Encoder, file_sha256, l2_normalize
 from .style import StyleSpace, gram_descriptors
 from .style_adapters import StyleAdapters
@@ -265,22 +266,27 @@ class LiteHeads(nn.Module):
 # ---------------------------------------------------------------- the encoder
 class LiteEncoder(Encoder):
     def __init__(self, name: str, heads_path: str | Path, batch_size: int = 32,
-                 style_space: str | Path | None = None, style_adapters: str | Path | None = None) -> None:
+                 style_space: str | Path | None = None, style_adapters: str | Path | None = None,
+                 aesthetic_gate: str | Path | None = None) -> None:
         heads_path = Path(heads_path)
         if not heads_path.is_file():
             raise FileNotFoundError(
                 f"encoder {name!r}: heads file {heads_path} not found; train it with "
                 "`python -m search train-encoder --data ../shared/data --out " f"{heads_path}`")
-        for path, command in ((style_space, "train-style"), (style_adapters, "train-adapters")):
+        for path, command in ((style_space, "train-style"), (style_adapters, "train-adapters"),
+                              (aesthetic_gate, "train-align")):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"encoder {name!r}: {path} not found; train it with "
                                         f"`python -m search {command} --data ../shared/data --out {path}`")
         self.name = name
         self.batch_size = batch_size
         self.heads = LiteHeads.load(heads_path)
-        self.dim = self.heads.out_dim
-        # Adapters change query vectors only (never a photo's), so the fingerprint indexes check is the heads'.
+        # Adapters change query vectors only (never a photo's), so indexes check the heads' (and gate's) hash.
         self._fingerprint = f"{name}@{file_sha256(heads_path)}"
+        self.gate = AestheticGate.load(aesthetic_gate) if aesthetic_gate else None
+        if self.gate is not None:
+            self._fingerprint += f"+{file_sha256(aesthetic_gate)}"
+        self.dim = self.heads.out_dim + (self.gate is not None)  # the gate adds one dimension
         self.preprocess = preprocess_image
         self.style_space = StyleSpace.load(style_space) if style_space else None
         self.adapters = StyleAdapters.load(style_adapters) if style_adapters else None
@@ -302,11 +308,16 @@ class LiteEncoder(Encoder):
         return self._fingerprint
 
     @torch.inference_mode()
-    def encode_image_tensors(self, pixels: torch.Tensor, mixture: np.ndarray | None = None) -> np.ndarray:
-        """With a (B, n_styles) style mixture, the style adapters condition the image head."""
+    def encode_image_tensors(self, pixels: torch.Tensor, mixture: np.ndarray | None = None,
+                             query: bool = False) -> np.ndarray:
+        """With a (B, n_styles) style mixture, the style adapters condition the image head. Gallery
+        images (not `query`) pass the aesthetic gate, if the encoder has one."""
         m = None if mixture is None or self.adapters is None else torch.from_numpy(np.asarray(mixture, np.float32))
         feats = image_tower_outputs(self.image_tower, pixels)
-        return self.heads.embed_image(feats, self.adapters, m).numpy().astype(np.float32)
+        emb = self.heads.embed_image(feats, self.adapters, m)
+        if self.gate is not None:
+            emb = self.gate.pad_query(emb) if query else self.gate(emb, feats)
+        return emb.numpy().astype(np.float32)
 
     @torch.inference_mode()
     def style_probs(self, pixels: torch.Tensor) -> np.ndarray | None:
@@ -317,8 +328,9 @@ class LiteEncoder(Encoder):
     def encode_query_tensors(self, pixels: torch.Tensor,
                              condition: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         probs = self.style_probs(pixels)
-        return self.encode_image_tensors(pixels, probs if condition else None), probs
+        return self.encode_image_tensors(pixels, probs if condition else None, query=True), probs
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        return self.heads.embed_text(self.text_tower(texts)).numpy().astype(np.float32)
+        emb = self.heads.embed_text(self.text_tower(texts))
+        return (emb if self.gate is None else self.gate.pad_query(emb)).numpy().astype(np.float32)

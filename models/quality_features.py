@@ -207,7 +207,8 @@ def _native_stats(rgb: np.ndarray) -> list[float]:
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"nss{s}_{n}" for s in (1, 2) for n in (
         "alpha", "var", *(f"{o}_{p}" for o in ("h", "v") for p in ("alpha", "eta", "vl", "vr")))),
-    "log_lap1", "log_lap2", "lap_ratio", "log_grad_p90", "log_grad_p99_rel", "log_noise1", "log_noise1_flat", "log_noise2",
+    "log_lap1", "log_lap2", "lap_ratio", "log_grad_p90", "log_grad_p99_rel",
+    "log_noise1", "log_noise1_flat", "log_noise2",
     "std", "p1", "p5", "p25", "p50", "p75", "p95", "p99", "range", "entropy", "mean",
     "clip_lo", "clip_hi", "clip_channel", "chroma_spread", "cast", "cast_rel", "rg_mean", "yb_mean",
     "sat_mean", "sat_p95", "sat_std", "fringe", "dark_mean", "dark_p10", "vignette", "grid_min_rel",

@@ -31,6 +31,7 @@ class EncoderConfig:
     weights: str | None = None       # lite: heads file, relative to models/
     style_space: str | None = None   # lite: style bases (`train-style`), relative to models/
     style_adapters: str | None = None  # lite: style adapters of the image head (`train-adapters`)
+    aesthetic_gate: str | None = None  # lite: gallery-side gate trained by ranked DPO (`train-align`)
     batch_size: int = 32             # images per forward pass
     description: str = ""
 
@@ -90,7 +91,8 @@ def create_encoder(name: str, **overrides: Any) -> Encoder:
             return None if path is None else Path(__file__).parent / path  # absolute paths stay absolute
 
         return LiteEncoder(name, resolve(cfg.weights), batch_size=cfg.batch_size,
-                           style_space=resolve(cfg.style_space), style_adapters=resolve(cfg.style_adapters))
+                           style_space=resolve(cfg.style_space), style_adapters=resolve(cfg.style_adapters),
+                           aesthetic_gate=resolve(cfg.aesthetic_gate))
     from .openclip import OpenClipEncoder
 
     return OpenClipEncoder(name, cfg.arch, cfg.pretrained, batch_size=cfg.batch_size)

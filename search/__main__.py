@@ -209,14 +209,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_adapters)
 
-    p = sub.add_parser("train-align", help="ranked-DPO alignment of the lite heads (re-ranked lists + votes)")
+    p = sub.add_parser("train-align", help="ranked-DPO alignment of the lite encoder (re-ranked lists + votes)")
     p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
     p.add_argument("--votes", help="exported votes (.jsonl/.parquet, or a folder of them) to learn from too")
     p.add_argument("--vote-gallery", help="the gallery the votes were cast on: index directory or source "
                                           "(default: the app's built-in gallery)")
-    p.add_argument("--out", default=str(weights / "lite_aligned_heads.pt"))
+    p.add_argument("--out", default=str(weights / "lite_aesthetic_gate.pt"),
+                   help="the aesthetic gate (default %(default)s; models/configs/lite-aligned.json uses it)")
     p.add_argument("--cache-dir", default=str(CACHE_DIR), help="tower-output cache (default %(default)s)")
-    p.add_argument("--steps", type=int, default=300, help="optimiser steps (default %(default)s)")
+    p.add_argument("--steps", type=int, default=600, help="optimiser steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_align)
 

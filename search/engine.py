@@ -160,7 +160,7 @@ def make_scorer(name: str | None, encoder: Encoder) -> AestheticScorer | None:
 
 
 def cache_index_dir(cache_dir: str | Path, name: str, encoder: Encoder) -> Path:
-    """CACHE/indexes/<readable name>-<hash of name and encoder>."""
+    """CACHE/indexes/<readable name>-<hash of name and encoder fingerprint> (retrained weights: a new index)."""
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).name or "gallery").strip("-")[:40] or "gallery"
-    digest = hashlib.sha1(f"{name}\0{encoder.name}".encode()).hexdigest()[:10]
+    digest = hashlib.sha1(f"{name}\0{encoder.fingerprint}".encode()).hexdigest()[:10]
     return Path(cache_dir) / "indexes" / f"{slug}-{digest}"
