@@ -16,18 +16,24 @@ log = logging.getLogger(__name__)
 
 
 def embed_files(encoder: Encoder, paths: Sequence[str | Path], desc: str = "embedding", progress: bool = True,
-                style: bool | None = None) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
-    """-> (vectors of the readable files, their positions in `paths`, [(position, reason)] for the rest).
+                style: bool | None = None) -> tuple[np.ndarray, np.ndarray | None, list[int], list[tuple[int, str]]]:
+    """-> (vectors of the readable files, their detected style mixtures or None, their positions in `paths`,
+    [(position, reason)] for the rest).
 
     `style` None embeds gallery images; True/False embeds query images, conditioned on their detected
-    style or not (for style-aware encoders)."""
-    vecs, ok, bad = [np.zeros((0, encoder.dim), np.float32)], [], []
+    style or not (for style-aware encoders, which also give the mixtures)."""
+    vecs, probs, ok, bad = [np.zeros((0, encoder.dim), np.float32)], [], [], []
     with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress) as bar:
         for pos, pixels, failed in iter_batches(paths, encoder.preprocess, encoder.batch_size):
             if pos:
-                vecs.append(encoder.encode_image_tensors(pixels) if style is None
-                            else encoder.encode_query_tensors(pixels, style)[0])
+                if style is None:
+                    vecs.append(encoder.encode_image_tensors(pixels))
+                else:
+                    v, p = encoder.encode_query_tensors(pixels, style)
+                    vecs.append(v)
+                    probs.append(p)
                 ok += pos
             bad += failed
             bar.update(len(pos) + len(failed))
-    return np.concatenate(vecs), ok, bad
+    has_probs = bool(probs) and all(p is not None for p in probs)
+    return np.concatenate(vecs), np.concatenate(probs) if has_probs else None, ok, bad

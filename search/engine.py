@@ -18,6 +18,7 @@ from models.style import check_readable, describe
 from .config import CACHE_DIR
 from .gallery import read_source
 from .gallery_index import BuildReport, GalleryIndex, build_index, read_meta
+from .layout import is_lowres, rerank_top
 from .rankings import RankSettings, get_ranking
 from .types import GalleryItem, Hit, Query, Skipped
 
@@ -96,7 +97,18 @@ class SearchEngine:
     def search(self, query: Query, k: int = 12, ranking: str = "baseline",
                settings: RankSettings | None = None) -> list[Hit]:
         settings = replace(settings or RankSettings(), k=k)
-        return get_ranking(ranking)(self.encode(query).vector[None], self.gallery, settings)[0]
+        encoded = self.encode(query)
+        return self._rank(ranking, encoded.vector, settings, query, encoded.style_probs)
+
+    def _rank(self, ranking: str, vector: np.ndarray, settings: RankSettings, query: Query,
+              style_probs: np.ndarray | None) -> list[Hit]:
+        """`ranking`'s hits; a query image detected as low-res (style-aware encoders, `style_probs` given)
+        puts near-duplicates of itself first among the candidates (search/layout.py)."""
+        if query.image is None or not is_lowres(style_probs):
+            return get_ranking(ranking)(vector[None], self.gallery, settings)[0]
+        wide = replace(settings, k=max(settings.k, settings.candidates))
+        hits = get_ranking(ranking)(vector[None], self.gallery, wide)[0]
+        return rerank_top(hits, query.image, wide.k)[: settings.k]
 
     def compare(self, query: Query, settings: RankSettings | None = None, rephrase: bool = True,
                 style: bool = True) -> Comparison:
@@ -113,8 +125,9 @@ class SearchEngine:
             aligned_vec = self.encode(query, text=rephrasing.rephrased, style=style).vector
         else:
             aligned_vec = base.vector
-        baseline_hits = get_ranking("baseline")(base.vector[None], self.gallery, settings)[0]
-        aligned_hits = get_ranking("aligned")(aligned_vec[None], self.gallery, settings)[0]
+        probs = base.style_probs if style else None
+        baseline_hits = self._rank("baseline", base.vector, settings, query, probs)
+        aligned_hits = self._rank("aligned", aligned_vec, settings, query, probs)
         return Comparison(query, base.style, rephrasing, tuple(baseline_hits), tuple(aligned_hits),
                           time.perf_counter() - t0)
 

@@ -17,7 +17,9 @@ from .config import CACHE_DIR, DEFAULT_ENCODER
 from .embedding import embed_files
 from .engine import cache_index_dir
 from .gallery_index import GalleryIndex, build_index
+from .images import load_image
 from .index import IndexSpec
+from .layout import is_lowres, rerank_top
 from .metrics import AESTHETIC_METRICS, METRICS, mean_metrics, query_metrics
 from .rankings import RankSettings, get_ranking
 from .types import Hit, Skipped
@@ -81,9 +83,10 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
         # exact search: benchmark figures measure the encoder and ranking, not an approximate index
         gallery_index, report = build_index(bench.gallery, index_dir, enc, spec=IndexSpec("Flat"),
                                             source=str(bench.root), scorer=scorer)
-        queries, qvecs, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
+        queries, qvecs, lowres, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
         settings = replace(settings or RankSettings(), k=len(gallery_index))  # full rankings, for mAP
-        result = _score(bench, queries, qvecs, gallery_index, problems, encoder, "baseline", settings, style)
+        result = _score(bench, queries, qvecs, lowres, gallery_index, problems, encoder, "baseline", settings,
+                        style)
         if ranking == "baseline":
             return result
         texts = [i for i, q in enumerate(queries) if q.text is not None]
@@ -93,14 +96,15 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
             r = create_rephraser(rephraser)
             qvecs = qvecs.copy()
             qvecs[texts] = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
-        other = _score(bench, queries, qvecs, gallery_index, problems, encoder, ranking, settings, style)
+        other = _score(bench, queries, qvecs, lowres, gallery_index, problems, encoder, ranking, settings, style)
         other.baseline = result
         return other
 
 
 def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex, skipped: list[Skipped],
-                    style: bool) -> tuple[list[BenchQuery], np.ndarray, list[Problem]]:
-    """The usable queries, their vectors, and every bad row (with its file and line)."""
+                    style: bool) -> tuple[list[BenchQuery], np.ndarray, np.ndarray, list[Problem]]:
+    """The usable queries, their vectors, which are image queries detected as low-res (with `style`: they
+    get the near-duplicate re-rank, as in the app), and every bad row (with its file and line)."""
     problems = list(bench.problems)
     line_of = {str(g.path): n for g, n in zip(bench.gallery, bench.gallery_lines)}
     problems += [Problem("gallery.jsonl", line_of[s.where], f"{Path(s.where).name}: {s.reason}")
@@ -114,26 +118,31 @@ def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex,
         else:
             queries.append(q)
     qvecs = np.zeros((len(queries), enc.dim), np.float32)
-    usable = np.ones(len(queries), bool)
+    usable, lowres = np.ones(len(queries), bool), np.zeros(len(queries), bool)
     text_pos = [i for i, q in enumerate(queries) if q.text is not None]
     if text_pos:
         qvecs[text_pos] = enc.encode_texts([queries[i].text for i in text_pos])
     image_pos = [i for i, q in enumerate(queries) if q.text is None]
     if image_pos:
-        ivecs, ok_q, bad_q = embed_files(enc, [queries[i].path for i in image_pos], "queries", style=style)
+        ivecs, probs, ok_q, bad_q = embed_files(enc, [queries[i].path for i in image_pos], "queries", style=style)
         qvecs[[image_pos[i] for i in ok_q]] = ivecs
+        if style and probs is not None:
+            lowres[[image_pos[i] for i in ok_q]] = [is_lowres(p) for p in probs]
         for i, reason in bad_q:
             usable[image_pos[i]] = False
             q = queries[image_pos[i]]
             problems.append(Problem("queries.jsonl", q.line, f"{q.path.name}: {reason}"))
     for p in problems:
         log.warning("skipped %s", p)
-    return [q for q, u in zip(queries, usable) if u], qvecs[usable], problems
+    return [q for q, u in zip(queries, usable) if u], qvecs[usable], lowres[usable], problems
 
 
-def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, gallery_index: GalleryIndex,
-           problems: list[Problem], encoder: str, ranking: str, settings: RankSettings, style: bool) -> EvalResult:
+def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, lowres: np.ndarray,
+           gallery_index: GalleryIndex, problems: list[Problem], encoder: str, ranking: str, settings: RankSettings,
+           style: bool) -> EvalResult:
     hits = get_ranking(ranking)(qvecs, gallery_index, settings)
+    for i in np.flatnonzero(lowres):
+        hits[i] = rerank_top(hits[i], load_image(queries[i].path), settings.candidates)
     per_style: dict[str, list[dict]] = defaultdict(list)
     rankings = []
     for q, row in zip(queries, hits):
