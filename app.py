@@ -282,17 +282,19 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
         sketch_tab.select(lambda: "Sketch", None, image_source, api_name=False)
         upload_tab.select(lambda: "Upload", None, image_source, api_name=False)
         upload.change(lambda v: "Upload" if v else "Sketch", upload, image_source, api_name=False)
-        gr.on([search_btn.click, text.submit], search,
-              [text, sketch, upload, image_source, text_weight, *settings_in], outputs, api_name="search")
+        # progress and a bad input's error show on the info line only: the galleries keep their results
+        gr.on([search_btn.click, text.submit], search, [text, sketch, upload, image_source, text_weight, *settings_in],
+              outputs, api_name="search", show_progress_on=info)
         # API-only endpoints are hidden buttons, so they share the session's state with /search
         more_btn, vote_btn, choice = gr.Button(visible=False), gr.Button(visible=False), gr.Textbox(visible=False)
-        more_btn.click(more_like_this, [picked, *settings_in], outputs, api_name="more_like_this")
+        more_btn.click(more_like_this, [picked, *settings_in], outputs, api_name="more_like_this",
+                       show_progress_on=info)
         for side, g in (("A", gallery_a), ("B", gallery_b)):
             def pick_on(state: Shown | None, evt: gr.SelectData, side: str = side) -> str:
                 return pick(state, side, evt)  # a def, not functools.partial: Gradio finds evt by its type hint
 
             g.select(pick_on, shown, picked, api_name=False).then(
-                more_like_this, [picked, *settings_in], outputs, api_name=False)
+                more_like_this, [picked, *settings_in], outputs, api_name=False, show_progress_on=info)
         vote_io = ([choice, shown, consent], [reveal, shown, *vote_btns.values()])
         vote_btn.click(vote, *vote_io, api_name="vote")
         for c, btn in vote_btns.items():
