@@ -207,8 +207,11 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
 
         if examples_dir is not None:
             examples = make_examples(engine.items, examples_dir)
-            gr.Examples([[e.text or "", str(e.image) if e.image else None] for e in examples], [text, upload],
-                        label="Examples (text, an edge-map sketch and a low-res copy of gallery photos)")
+            # two blocks: text alone renders as compact chips, images (with their text, if any) as a table
+            gr.Examples([[e.text] for e in examples if e.image is None], [text], label="Example texts")
+            gr.Examples([[str(e.image), e.text or ""] for e in examples if e.image is not None], [upload, text],
+                        label="Example images: an edge-map sketch and a low-res copy of gallery photos, "
+                              "a sketch with text")
 
         # ------------------------------------------------------------ handlers (short; logic lives in search/)
         def answer(query: Query, settings: dict):
