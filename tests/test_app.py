@@ -87,6 +87,13 @@ class App:
                 self.proc.kill()
                 self.proc.wait()
 
+    def __enter__(self) -> App:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def id_of(self, result: dict) -> str:
         """The gallery id of one gallery result (by its served file's name: the item's thumbnail or file)."""
         image = result["image"]
@@ -107,12 +114,8 @@ class App:
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
-    app = App(tmp_path_factory.mktemp("app"))
-    app.start()
-    try:
+    with App(tmp_path_factory.mktemp("app")) as app:
         yield app
-    finally:
-        app.stop()
 
 
 def client(app: App) -> Client:

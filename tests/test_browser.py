@@ -22,12 +22,8 @@ K = 12  # DEFAULT_TOP_K
 
 @pytest.fixture(scope="module")
 def app(tmp_path_factory: pytest.TempPathFactory):
-    app = App(tmp_path_factory.mktemp("browser-app"))
-    app.start()
-    try:
+    with App(tmp_path_factory.mktemp("browser-app")) as app:
         yield app
-    finally:
-        app.stop()
 
 
 @pytest.fixture(scope="module")
