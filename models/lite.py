@@ -34,7 +34,7 @@ from torch import nn
 from .aesthetic_gate import AestheticGate
 from .base import Encoder, file_sha256, l2_normalize
 from .style import StyleSpace, gram_descriptors
-from .style_adapters import StyleAdapters
+from .style_adapters import FIRST_ADAPTED, StyleAdapters
 
 IMAGE_SIZE = 224
 TEXT_DIM = 384
@@ -81,18 +81,36 @@ FEATURE_DIMS = {
 }
 
 
-@torch.inference_mode()
-def image_tower_outputs(tower: nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-    """(B,3,224,224) -> {name: (B, FEATURE_DIMS[name])} for every name in FEATURE_DIMS."""
+def shallow_stages(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(B,3,224,224) -> the output of the blocks every style shares (stem and blocks ..FIRST_ADAPTED-1)."""
     x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
-    for i, block in enumerate(tower.blocks):
+    for block in tower.blocks[:FIRST_ADAPTED]:
         x = block(x)
-        if i == 4:
-            mid = x                                                         # (B, 112, 14, 14)
-    head = tower.bn2(tower.conv_head(x))                                    # (B, 1280, 7, 7)
+    return x
+
+
+def late_outputs(tower: nn.Module, x: torch.Tensor, adapters: StyleAdapters | None = None,
+                 mixture: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """`shallow_stages` output -> {name: (B, FEATURE_DIMS[name])}; with style adapters and a (B, n_styles)
+    style mixture, the later blocks are conditioned on the query's style."""
+    if adapters is not None and mixture is not None:
+        mid, head = adapters.late_stages(tower, x, mixture)
+    else:
+        for i, block in enumerate(tower.blocks[FIRST_ADAPTED:], FIRST_ADAPTED):
+            x = block(x)
+            if i == 4:
+                mid = x                                                     # (B, 112, 14, 14)
+        head = tower.bn2(tower.conv_head(x))                                # (B, 1280, 7, 7)
     pooled = head.mean((2, 3))
     return {"logits": tower.classifier(pooled), "pooled": pooled,
             "grid2": F.adaptive_avg_pool2d(head, 2).flatten(1), "mid4": F.adaptive_avg_pool2d(mid, 4).flatten(1)}
+
+
+@torch.inference_mode()
+def image_tower_outputs(tower: nn.Module, pixels: torch.Tensor, adapters: StyleAdapters | None = None,
+                        mixture: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """(B,3,224,224) -> {name: (B, FEATURE_DIMS[name])} for every name in FEATURE_DIMS."""
+    return late_outputs(tower, shallow_stages(tower, pixels), adapters, mixture)
 
 
 class TextTower:
@@ -218,14 +236,9 @@ class LiteHeads(nn.Module):
         sims = text @ self.class_text.T                                     # (B, 1000)
         return self._with_minilm(l2_normalize((sims / self.cfg.text_temperature).softmax(-1) ** self.cfg.power), text)
 
-    def image_learned(self, x: torch.Tensor, adapters: StyleAdapters | None = None,
-                      mixture: torch.Tensor | None = None) -> torch.Tensor:
-        """x: `head_input(...)` (standardised features); with adapters and a (B, n_styles) style
-        mixture, the first layer is conditioned on the query's style (see models/style_adapters.py)."""
-        if adapters is None or mixture is None:
-            return l2_normalize(self.image_head(x))
-        first, act, last = self.image_head
-        return l2_normalize(last(act(adapters(x, first(x), mixture))))
+    def image_learned(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `head_input(...)` (standardised features)."""
+        return l2_normalize(self.image_head(x))
 
     def text_learned(self, text: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.text_head(text))
@@ -234,10 +247,9 @@ class LiteHeads(nn.Module):
     def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
         return l2_normalize(torch.cat([mix**0.5 * bridge, (1 - mix) ** 0.5 * learned], -1))
 
-    def embed_image(self, feats: dict[str, torch.Tensor], adapters: StyleAdapters | None = None,
-                    mixture: torch.Tensor | None = None) -> torch.Tensor:
-        return self._join(self.image_bridge(feats["logits"]),
-                          self.image_learned(self.head_input(feats), adapters, mixture), self.cfg.image_mix)
+    def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._join(self.image_bridge(feats["logits"]), self.image_learned(self.head_input(feats)),
+                          self.cfg.image_mix)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
         return self._join(self.text_bridge(text), self.text_learned(text), self.cfg.text_mix)
@@ -310,11 +322,11 @@ class LiteEncoder(Encoder):
     @torch.inference_mode()
     def encode_image_tensors(self, pixels: torch.Tensor, mixture: np.ndarray | None = None,
                              query: bool = False) -> np.ndarray:
-        """With a (B, n_styles) style mixture, the style adapters condition the image head. Gallery
+        """With a (B, n_styles) style mixture, the style adapters condition the image tower. Gallery
         images (not `query`) pass the aesthetic gate, if the encoder has one."""
-        m = None if mixture is None or self.adapters is None else torch.from_numpy(np.asarray(mixture, np.float32))
-        feats = image_tower_outputs(self.image_tower, pixels)
-        emb = self.heads.embed_image(feats, self.adapters, m)
+        m = None if mixture is None else torch.from_numpy(np.asarray(mixture, np.float32))
+        feats = image_tower_outputs(self.image_tower, pixels, self.adapters, m)
+        emb = self.heads.embed_image(feats)
         if self.gate is not None:
             emb = self.gate.pad_query(emb) if query else self.gate(emb, feats)
         return emb.numpy().astype(np.float32)

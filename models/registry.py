@@ -30,7 +30,7 @@ class EncoderConfig:
     pretrained: str | None = None    # open_clip tag, local checkpoint path, or None (random weights)
     weights: str | None = None       # lite: heads file, relative to models/
     style_space: str | None = None   # lite: style bases (`train-style`), relative to models/
-    style_adapters: str | None = None  # lite: style adapters of the image head (`train-adapters`)
+    style_adapters: str | None = None  # lite: style adapters inside the image tower (`train-adapters`)
     aesthetic_gate: str | None = None  # lite: gallery-side gate trained by ranked DPO (`train-align`)
     batch_size: int = 32             # images per forward pass
     description: str = ""

@@ -1,14 +1,16 @@
-"""Style-conditioned adapters for the `lite` image head (FreestyleRet's style conditioning, for a CNN).
+"""Style-conditioned adapters inside the `lite` image tower (FreestyleRet's style conditioning, for a CNN).
 
-FreestyleRet conditions a ViT with style prompt tokens built from the query's style mixture. The
-`lite` image tower is a frozen CNN whose outputs feed a small MLP head, so the equivalent here acts on
-that head: every style s has a low-rank residual on the first layer (h += U_s V_s x) and a FiLM
-(h = h * (1 + gamma_s) + beta_s), and a query applies them weighted by its style mixture m:
+FreestyleRet conditions a ViT with style prompt tokens built from the query's style mixture. The `lite`
+image tower is a CNN, so the equivalent here is residual adapters (Rebuffi et al., 2017: one network,
+small per-domain additions), one set per style: every 1x1 convolution of blocks
+`FIRST_ADAPTED`.. and of the head convolution gets, per style s, a low-rank residual U_s V_s, applied
+weighted by the query's style mixture m:
 
-    h = W1 x + b1;   h <- h * (1 + m @ gamma) + m @ beta + sum_s m_s U_s V_s x
+    y = W x  +  sum_s m_s U_s V_s x
 
-The photo style has no adapter (its weight is dropped), so a photo, and every gallery image, which
-is encoded as a photo, gets exactly the unconditioned embedding: the index never changes.
+The shallow blocks stay shared (they are what the Gram descriptors read, so the style is known before
+the adapted stages run). Photos have no adapter, and gallery images are encoded as photos, so a photo's
+tower outputs are exactly the frozen tower's: the index never changes.
 """
 from __future__ import annotations
 
@@ -20,44 +22,76 @@ from torch import nn
 from .style import STYLES
 
 PHOTO = STYLES.index("photo")
+FIRST_ADAPTED = 3  # EfficientNet-Lite0 blocks 3..6 (14x14 and 7x7 maps) and conv_head are adapted
+
+
+def adapted_convs(tower: nn.Module) -> list[nn.Conv2d]:
+    """The 1x1 convolutions that get adapters, in the order the forward pass meets them."""
+    convs = [c for stage in tower.blocks[FIRST_ADAPTED:] for block in stage for c in (block.conv_pw, block.conv_pwl)]
+    return [*convs, tower.conv_head]
+
+
+class LowRankStyles(nn.Module):
+    """sum_s m_s U_s V_s x for one 1x1 convolution: V stacked over styles, scaled by m, then U."""
+
+    def __init__(self, cin: int, cout: int, n_styles: int, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+        self.down = nn.Conv2d(cin, n_styles * rank, 1, bias=False)
+        self.up = nn.Conv2d(n_styles * rank, cout, 1, bias=False)
+        nn.init.zeros_(self.up.weight)  # starts as the frozen tower
+
+    def forward(self, x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(x) * m.repeat_interleave(self.rank, 1)[:, :, None, None])
 
 
 class StyleAdapters(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, rank: int = 32, styles: tuple[str, ...] = STYLES) -> None:
+    def __init__(self, shapes: list[tuple[int, int]], rank: int = 8, styles: tuple[str, ...] = STYLES) -> None:
         super().__init__()
-        n = len(styles)
-        self.styles, self.rank = tuple(styles), rank
-        self.down = nn.Parameter(torch.randn(n, in_dim, rank) * in_dim**-0.5)   # V_s
-        self.up = nn.Parameter(torch.zeros(n, rank, hidden))                     # U_s (zero: starts as identity)
-        self.gamma = nn.Parameter(torch.zeros(n, hidden))
-        self.beta = nn.Parameter(torch.zeros(n, hidden))
+        self.styles, self.rank, self.shapes = tuple(styles), rank, list(shapes)
+        self.convs = nn.ModuleList(LowRankStyles(i, o, len(styles), rank) for i, o in shapes)
 
-    def forward(self, x: torch.Tensor, h: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
-        """x: (B, in_dim) head input; h: (B, hidden) first-layer pre-activation; mixture: (B, n_styles)."""
-        if mixture.shape != (len(x), len(self.styles)):
-            raise ValueError(f"style mixture must have shape ({len(x)}, {len(self.styles)}), "
-                             f"got {tuple(mixture.shape)}")
+    @classmethod
+    def for_tower(cls, tower: nn.Module, rank: int = 8) -> StyleAdapters:
+        return cls([(c.in_channels, c.out_channels) for c in adapted_convs(tower)], rank)
+
+    def weights(self, mixture: torch.Tensor, batch: int) -> torch.Tensor:
+        if mixture.shape != (batch, len(self.styles)):
+            raise ValueError(f"style mixture must have shape ({batch}, {len(self.styles)}), got {tuple(mixture.shape)}")
         m = mixture.float().clone()
-        m[:, PHOTO] = 0.0                                                      # photos stay unconditioned
-        low = torch.einsum("bi,nir->bnr", x, self.down)                        # (B, n, rank)
-        delta = torch.einsum("bnr,nrh,bn->bh", low, self.up, m)                # (B, hidden)
-        return h * (1 + m @ self.gamma) + m @ self.beta + delta
+        m[:, PHOTO] = 0.0                                            # photos stay unconditioned
+        return m
+
+    def late_stages(self, tower: nn.Module, x: torch.Tensor, mixture: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Blocks FIRST_ADAPTED.. and the head convolution, with the adapters: x is block
+        FIRST_ADAPTED-1's output; returns (block 4 output, head map after bn2), as the frozen path does."""
+        m = self.weights(mixture, len(x))
+        convs = iter(self.convs)
+        mid = None
+        for i, stage in enumerate(tower.blocks[FIRST_ADAPTED:], FIRST_ADAPTED):
+            for block in stage:
+                shortcut = x
+                h = block.bn1(block.conv_pw(x) + next(convs)(x, m))
+                h = block.se(block.aa(block.bn2(block.conv_dw(h))))
+                h = block.bn3(block.conv_pwl(h) + next(convs)(h, m))
+                x = block.drop_path(h) + shortcut if block.has_skip else h
+            if i == 4:
+                mid = x
+        return mid, tower.bn2(tower.conv_head(x) + next(convs)(x, m))
 
     def save(self, path: str | Path) -> None:
-        """fp16, like the heads (the file is committed)."""
+        """fp16 (the file is committed)."""
         path = Path(path)
         tmp = path.with_suffix(".tmp")
-        torch.save({"styles": list(self.styles), "rank": self.rank,
+        torch.save({"styles": list(self.styles), "rank": self.rank, "shapes": self.shapes,
                     "state": {k: v.half() for k, v in self.state_dict().items()}}, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> StyleAdapters:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v.float() for k, v in blob["state"].items()}
-        n, in_dim, rank = state["down"].shape
-        adapters = cls(in_dim, state["up"].shape[2], rank, tuple(blob["styles"]))
+        adapters = cls([tuple(s) for s in blob["shapes"]], blob["rank"], tuple(blob["styles"]))
         if adapters.styles != STYLES:
             raise ValueError(f"{path}: adapters were trained for styles {adapters.styles}, this code knows {STYLES}")
-        adapters.load_state_dict(state)
+        adapters.load_state_dict({k: v.float() for k, v in blob["state"].items()})
         return adapters.eval().requires_grad_(False)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.lite import FEATURE_DIMS, image_tower_outputs, load_image_tower, preprocess_image
+from models.lite import FEATURE_DIMS, image_tower_outputs, load_image_tower, preprocess_image, shallow_stages
 
 from .images import iter_batches
 
@@ -45,17 +45,34 @@ def get_transform(view: str) -> Callable[[Image.Image], Image.Image]:
     return TRANSFORMS[view]
 
 
-class TowerCache:
-    """key ("path|transform") -> every named tower output (float16) in one .npz."""
+Outputs = Callable[[torch.nn.Module, torch.Tensor], dict[str, torch.Tensor]]
 
-    def __init__(self, path: str | Path) -> None:
+
+@torch.inference_mode()
+def shallow_outputs(tower: torch.nn.Module, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The shared shallow stages' map, flattened: what the style-adapted later stages start from."""
+    return {"shallow": shallow_stages(tower, pixels).flatten(1)}
+
+
+SHALLOW_DIMS = {"shallow": 40 * 28 * 28}
+
+
+class TowerCache:
+    """key ("path|transform") -> every named tower output (float16) in one .npz.
+
+    By default the outputs are `image_tower_outputs` (what the heads read); `outputs`/`dims` choose others
+    (e.g. `shallow_outputs`, what the style adapters train on)."""
+
+    def __init__(self, path: str | Path, outputs: Outputs = image_tower_outputs,
+                 dims: dict[str, int] = FEATURE_DIMS) -> None:
         self.path = Path(path)
+        self.outputs, self.dims = outputs, dims
         self.index: dict[str, int] = {}
-        self.arrays = {name: np.zeros((0, dim), np.float16) for name, dim in FEATURE_DIMS.items()}
+        self.arrays = {name: np.zeros((0, dim), np.float16) for name, dim in dims.items()}
         if self.path.is_file():
             z = np.load(self.path)
             self.index = {k: i for i, k in enumerate(z["keys"].tolist())}
-            self.arrays = {name: z[name] for name in FEATURE_DIMS}
+            self.arrays = {name: z[name] for name in dims}
 
     def get(self, keys: Sequence[str]) -> dict[str, np.ndarray]:
         rows = [self.index[k] for k in keys]
@@ -71,12 +88,12 @@ class TowerCache:
         bad = []
         for t in sorted({k.rsplit("|", 1)[1] for k in todo}):
             group = [k for k in todo if k.rsplit("|", 1)[1] == t]
-            new_keys, new = [], {name: [] for name in FEATURE_DIMS}
+            new_keys, new = [], {name: [] for name in self.dims}
             bar = tqdm(total=len(group), desc=f"tower outputs {t or 'original'}", unit="img")
             for pos, pixels, failed in iter_batches([k.rsplit("|", 1)[0] for k in group], preprocess_image,
                                                     batch_size, get_transform(t)):
                 if pos:
-                    for name, v in image_tower_outputs(tower, pixels).items():
+                    for name, v in self.outputs(tower, pixels).items():
                         new[name].append(v.half().numpy())
                     new_keys += [group[i] for i in pos]
                 bad += [group[i] for i, _ in failed]

@@ -109,20 +109,66 @@ def test_adapters_change_query_embeddings_but_never_a_photo_or_the_gallery() -> 
     np.testing.assert_allclose(np.linalg.norm(on, axis=1), 1.0, rtol=1e-5)
 
 
-def test_adapters_save_load_and_validate_their_input(tmp_path: Path) -> None:
+def test_adapters_save_load_and_validate_their_input(tmp_path: Path, tower) -> None:
     import torch
 
+    from models.lite import late_outputs, shallow_stages
     from models.style_adapters import StyleAdapters
 
     torch.manual_seed(0)
-    a = StyleAdapters(in_dim=12, hidden=8, rank=3)
+    a = StyleAdapters.for_tower(tower, rank=2)
     with torch.no_grad():
         for p in a.parameters():
-            p.normal_()
+            p.normal_(0.0, 0.02)
     a.save(tmp_path / "a.pt")
     b = StyleAdapters.load(tmp_path / "a.pt")
-    x, h = torch.randn(4, 12), torch.randn(4, 8)
-    m = torch.softmax(torch.randn(4, len(STYLES)), 1)
-    torch.testing.assert_close(b(x, h, m), a.half().float()(x, h, m))  # saved as fp16
-    with pytest.raises(ValueError, match=r"style mixture must have shape \(4, 6\), got \(4, 5\)"):
-        a(x, h, m[:, :5])
+    x = shallow_stages(tower, torch.stack([preprocess_image(photo("coffee.png")), preprocess_image(photo("chelsea.png"))]))
+    m = torch.softmax(torch.randn(2, len(STYLES)), 1)
+    with torch.no_grad():
+        a.half().float()  # saved as fp16
+        torch.testing.assert_close(late_outputs(tower, x, b, m), late_outputs(tower, x, a, m))
+        frozen = late_outputs(tower, x)
+        # a pure photo mixture runs the adapted stages with every adapter weighted 0: the frozen tower's outputs
+        photo_mix = torch.eye(len(STYLES))[[STYLES.index("photo")] * 2]
+        for name, value in late_outputs(tower, x, b, photo_mix).items():
+            torch.testing.assert_close(value, frozen[name], rtol=1e-5, atol=1e-5)
+        assert (late_outputs(tower, x, b, m)["pooled"] - frozen["pooled"]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match=r"style mixture must have shape \(2, 6\), got \(2, 5\)"):
+        late_outputs(tower, x, a, m[:, :5])
+
+
+@pytest.mark.slow
+def test_adapter_training_pulls_sketches_towards_their_photos(tower) -> None:
+    """A real (tiny) `fit_adapters` run: package photos and pencil sketches of them; the sketches' rank
+    of their own photo, in the alignment space, improves and the loss falls."""
+    import torch
+
+    from models.lite import LiteHeads, late_outputs, shallow_stages
+    from search.train_adapters import AdapterConfig, AlignTask, Aligner, fit_adapters, onehot
+
+    names = ["chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "camera.png",
+             "retina.jpg", "coins.png"]
+    photos = [photo(n) for n in names]
+    with torch.no_grad():
+        shallow = shallow_stages(tower, torch.stack([preprocess_image(pencil_sketch(im)) for im in photos]))
+        targets = late_outputs(tower, shallow_stages(tower, torch.stack([preprocess_image(im) for im in photos])))
+    task = AlignTask("sketch->photo", shallow.half(), ["sketch"] * len(names), targets, [[i] for i in range(len(names))])
+    heads = LiteHeads.load(STYLE_SPACE.parent / "lite_heads.pt")
+    cfg = AdapterConfig(rank=4, steps=30, batch=len(names), lr=5e-3)
+    aligner = Aligner(heads, task, cfg)
+    mixture = onehot(task.styles)
+
+    def measure(adapters) -> tuple[float, float]:
+        with torch.no_grad():
+            feats = late_outputs(tower, shallow, adapters, mixture)
+            sims = aligner.space(feats) @ aligner.z.T
+            rank = (sims > sims.diag()[:, None]).sum(1).float().mean().item()   # 0 = own photo first
+            return rank, aligner.loss(feats, list(range(len(names)))).item()
+
+    from models.style_adapters import StyleAdapters
+
+    before = measure(StyleAdapters.for_tower(tower, rank=4))      # zero adapters = the frozen tower
+    adapters = fit_adapters(tower, heads, [task], cfg)
+    after = measure(adapters)
+    assert after[1] < before[1] - 0.5, (before, after)
+    assert after[0] < before[0], (before, after)
