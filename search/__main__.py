@@ -138,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     from models import OfflineError
 
     from .config import CACHE_DIR, DATA_DIR, DEFAULT_ENCODER, PROJECT_ROOT
-    from .train_aesthetic import AestheticTrainConfig
     from .train_adapters import AdapterConfig
+    from .train_aesthetic import AestheticTrainConfig
     from .train_encoder import TrainConfig
 
     parser = argparse.ArgumentParser(prog="python -m search", description=__doc__)
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_train_style)
 
     weights = PROJECT_ROOT / "models" / "weights"
-    p = sub.add_parser("train-adapters", help="fit the lite encoder's style adapters (towers and heads frozen) on train splits")
+    p = sub.add_parser("train-adapters", help="fit the lite encoder's style adapters on train splits")
     p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
     p.add_argument("--heads", default=str(weights / "lite_heads.pt"), help="the frozen heads (default %(default)s)")
     p.add_argument("--out", default=str(weights / "lite_style_adapters.pt"))

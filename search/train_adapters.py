@@ -1,17 +1,17 @@
 """`python -m search train-adapters`: fit the `lite` style adapters (FreestyleRet step 3) on `train` splits.
 
 The style adapters (models/style_adapters.py) learn to make a styled query's tower outputs look like
-those of the photos it should find: a sketch like its photo, a PACS painting or cartoon like photos of
-its class, a doodle like photos of its class, a mosaic or thumbnail like its original. Tower and heads stay frozen, so every photo (the
-gallery) keeps its embedding. A training query is conditioned on its known style (one-hot); at search
-time the mixture detected from its Gram descriptors takes that place.
+those of the photos it should find: a sketch like its photo, a PACS painting, cartoon or sketch, or a
+doodle, like photos of its class, a mosaic or thumbnail like its original. Tower and heads stay frozen,
+so every photo (the gallery) keeps its embedding. A training query is conditioned on its known style
+(one-hot); at search time the mixture detected from its Gram descriptors takes that place.
 
 The loss lives in the frozen tower's own feature space, not in the heads' output: InfoNCE on the heads'
 standardised input (unit length) against every target photo of the task, plus the KL divergence from
 the positives' mean ImageNet class distribution. Through the heads there is nothing to learn, because
 they were fitted on these same pairs and have memorised them (train sketch->photo loss ~0.2); the
 tower's feature space was never fitted to them, so what is learned there carries over to unseen
-classes (held-out Sketchy classes: sketch R@10 0.25 -> 0.41 on a dev split).
+classes (held-out Sketchy classes: sketch R@10 0.25 -> 0.39-0.41 on a dev split).
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class Aligner:
 
 
 def fit_adapters(tower: nn.Module, heads: LiteHeads, tasks: list[AlignTask],
-                       cfg: AdapterConfig) -> StyleAdapters:
+                 cfg: AdapterConfig) -> StyleAdapters:
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     adapters = StyleAdapters.for_tower(tower, cfg.rank)
@@ -133,10 +133,11 @@ def fit_adapters(tower: nn.Module, heads: LiteHeads, tasks: list[AlignTask],
     total = sum(shares.values())
     opt = torch.optim.AdamW(adapters.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.steps, pct_start=0.05)
+    sizes = [min(len(t.styles), max(1, round(cfg.batch * shares[t.name] / total))) for t in tasks]
     for step in range(cfg.steps):
-        picks = [rng.sample(range(len(t.styles)), min(len(t.styles), max(1, round(cfg.batch * shares[t.name] / total))))
-                 for t in tasks]
-        x = torch.cat([t.shallow[idx].float() for t, idx in zip(tasks, picks)]).contiguous(memory_format=torch.channels_last)
+        picks = [rng.sample(range(len(t.styles)), n) for t, n in zip(tasks, sizes)]
+        x = torch.cat([t.shallow[idx].float() for t, idx in zip(tasks, picks)])
+        x = x.contiguous(memory_format=torch.channels_last)
         feats = late_outputs(tower, x, adapters, onehot([t.styles[i] for t, idx in zip(tasks, picks) for i in idx]))
         losses, at = {}, 0
         for a, idx in zip(aligners, picks):

@@ -122,7 +122,7 @@ def test_adapters_save_load_and_validate_their_input(tmp_path: Path, tower) -> N
             p.normal_(0.0, 0.02)
     a.save(tmp_path / "a.pt")
     b = StyleAdapters.load(tmp_path / "a.pt")
-    x = shallow_stages(tower, torch.stack([preprocess_image(photo("coffee.png")), preprocess_image(photo("chelsea.png"))]))
+    x = shallow_stages(tower, torch.stack([preprocess_image(photo(n)) for n in ("coffee.png", "chelsea.png")]))
     m = torch.softmax(torch.randn(2, len(STYLES)), 1)
     with torch.no_grad():
         a.half().float()  # saved as fp16
@@ -144,7 +144,7 @@ def test_adapter_training_pulls_sketches_towards_their_photos(tower) -> None:
     import torch
 
     from models.lite import LiteHeads, late_outputs, shallow_stages
-    from search.train_adapters import AdapterConfig, AlignTask, Aligner, fit_adapters, onehot
+    from search.train_adapters import AdapterConfig, Aligner, AlignTask, fit_adapters, onehot
 
     names = ["chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "camera.png",
              "retina.jpg", "coins.png"]
@@ -152,7 +152,8 @@ def test_adapter_training_pulls_sketches_towards_their_photos(tower) -> None:
     with torch.no_grad():
         shallow = shallow_stages(tower, torch.stack([preprocess_image(pencil_sketch(im)) for im in photos]))
         targets = late_outputs(tower, shallow_stages(tower, torch.stack([preprocess_image(im) for im in photos])))
-    task = AlignTask("sketch->photo", shallow.half(), ["sketch"] * len(names), targets, [[i] for i in range(len(names))])
+    task = AlignTask("sketch->photo", shallow.half(), ["sketch"] * len(names), targets,
+                     [[i] for i in range(len(names))])
     heads = LiteHeads.load(STYLE_SPACE.parent / "lite_heads.pt")
     cfg = AdapterConfig(rank=4, steps=30, batch=len(names), lr=5e-3)
     aligner = Aligner(heads, task, cfg)
