@@ -23,6 +23,8 @@ from .style import STYLES
 
 PHOTO = STYLES.index("photo")
 FIRST_ADAPTED = 3  # EfficientNet-Lite0 blocks 3..6 (14x14 and 7x7 maps) and conv_head are adapted
+# (channels, height, width) of the map the adapted stages start from: block FIRST_ADAPTED-1's output
+SHALLOW_SHAPE = {2: (24, 56, 56), 3: (40, 28, 28)}[FIRST_ADAPTED]
 
 
 def adapted_convs(tower: nn.Module) -> list[nn.Conv2d]:
@@ -83,13 +85,16 @@ class StyleAdapters(nn.Module):
         """fp16 (the file is committed)."""
         path = Path(path)
         tmp = path.with_suffix(".tmp")
-        torch.save({"styles": list(self.styles), "rank": self.rank, "shapes": self.shapes,
+        torch.save({"styles": list(self.styles), "rank": self.rank, "shapes": self.shapes, "first": FIRST_ADAPTED,
                     "state": {k: v.half() for k, v in self.state_dict().items()}}, tmp)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> StyleAdapters:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("first") != FIRST_ADAPTED:
+            raise ValueError(f"{path}: adapters start at tower block {blob.get('first')}, this code adapts from block "
+                             f"{FIRST_ADAPTED}; retrain them with `python -m search train-adapters`")
         adapters = cls([tuple(s) for s in blob["shapes"]], blob["rank"], tuple(blob["styles"]))
         if adapters.styles != STYLES:
             raise ValueError(f"{path}: adapters were trained for styles {adapters.styles}, this code knows {STYLES}")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -12,6 +13,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from models.lite import FEATURE_DIMS, image_tower_outputs, load_image_tower, preprocess_image, shallow_stages
+from models.style_adapters import FIRST_ADAPTED, SHALLOW_SHAPE
 
 from .images import iter_batches
 
@@ -54,7 +56,8 @@ def shallow_outputs(tower: torch.nn.Module, pixels: torch.Tensor) -> dict[str, t
     return {"shallow": shallow_stages(tower, pixels).flatten(1)}
 
 
-SHALLOW_DIMS = {"shallow": 40 * 28 * 28}
+SHALLOW_DIMS = {"shallow": math.prod(SHALLOW_SHAPE)}
+SHALLOW_CACHE = f"shallow{FIRST_ADAPTED}.npz"  # named by the block it stops before, so a changed split never reads it
 
 
 class TowerCache:

@@ -27,14 +27,12 @@ from torch import nn
 
 from models.lite import LiteHeads, late_outputs, load_image_tower
 from models.style import STYLES
-from models.style_adapters import StyleAdapters
+from models.style_adapters import SHALLOW_SHAPE, StyleAdapters
 
-from .tower_cache import SHALLOW_DIMS, TowerCache, shallow_outputs
+from .tower_cache import SHALLOW_CACHE, SHALLOW_DIMS, TowerCache, shallow_outputs
 from .train_encoder import Task, build_tasks, img_key, read_items
 
 log = logging.getLogger(__name__)
-
-SHALLOW_SHAPE = (40, 28, 28)  # EfficientNet-Lite0 block 2 output: where the adapted stages start
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,7 @@ def load_align_tasks(items: list[dict], cache_dir: Path) -> list[AlignTask]:
     """Fill the tower caches (shallow maps of the queries, outputs of the targets) and build the tasks."""
     tasks = alignment_tasks(items)
     outputs = TowerCache(cache_dir / "towers.npz")
-    shallow = TowerCache(cache_dir / "shallow.npz", shallow_outputs, SHALLOW_DIMS)
+    shallow = TowerCache(cache_dir / SHALLOW_CACHE, shallow_outputs, SHALLOW_DIMS)
     targets = sorted({r for t in tasks for candidates in t.targets for r in candidates})
     queries = sorted({q for t in tasks for q in t.queries})
     bad = set(outputs.fill(*zip(*(k.rsplit("|", 1) for k in targets))))

@@ -113,7 +113,7 @@ def test_adapters_save_load_and_validate_their_input(tmp_path: Path, tower) -> N
     import torch
 
     from models.lite import late_outputs, shallow_stages
-    from models.style_adapters import StyleAdapters
+    from models.style_adapters import FIRST_ADAPTED, StyleAdapters
 
     torch.manual_seed(0)
     a = StyleAdapters.for_tower(tower, rank=2)
@@ -135,6 +135,10 @@ def test_adapters_save_load_and_validate_their_input(tmp_path: Path, tower) -> N
         assert (late_outputs(tower, x, b, m)["pooled"] - frozen["pooled"]).abs().max() > 1e-3
     with pytest.raises(ValueError, match=r"style mixture must have shape \(2, 6\), got \(2, 5\)"):
         late_outputs(tower, x, a, m[:, :5])
+    blob = torch.load(tmp_path / "a.pt", weights_only=True)
+    torch.save({**blob, "first": 1}, tmp_path / "other.pt")                # adapters for another split of the tower
+    with pytest.raises(ValueError, match=rf"start at tower block 1, this code adapts from block {FIRST_ADAPTED}"):
+        StyleAdapters.load(tmp_path / "other.pt")
 
 
 @pytest.mark.slow
