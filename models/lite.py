@@ -33,8 +33,11 @@ from torch import nn
 
 from .aesthetic_gate import AestheticGate
 from .base import Encoder, file_sha256, l2_normalize
-from .style import StyleSpace, gram_descriptors
+from .style import GRAM_BLOCKS, StyleSpace, grams
 from .style_adapters import FIRST_ADAPTED, StyleAdapters
+
+# A query's style is read from the shared blocks, so one pass serves both it and the conditioned stages.
+assert max(GRAM_BLOCKS) < FIRST_ADAPTED
 
 IMAGE_SIZE = 224
 TEXT_DIM = 384
@@ -81,12 +84,19 @@ FEATURE_DIMS = {
 }
 
 
-def shallow_stages(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
-    """(B,3,224,224) -> the output of the blocks every style shares (stem and blocks ..FIRST_ADAPTED-1)."""
+def shallow_maps(tower: nn.Module, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """(B,3,224,224) -> the outputs of the blocks every style shares (blocks 0..FIRST_ADAPTED-1, after the stem)."""
     x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
+    maps = []
     for block in tower.blocks[:FIRST_ADAPTED]:
         x = block(x)
-    return x
+        maps.append(x)
+    return maps
+
+
+def shallow_stages(tower: nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """(B,3,224,224) -> the last shared block's output: where the style-adapted stages start."""
+    return shallow_maps(tower, pixels)[-1]
 
 
 def late_outputs(tower: nn.Module, x: torch.Tensor, adapters: StyleAdapters | None = None,
@@ -324,23 +334,29 @@ class LiteEncoder(Encoder):
                              query: bool = False) -> np.ndarray:
         """With a (B, n_styles) style mixture, the style adapters condition the image tower. Gallery
         images (not `query`) pass the aesthetic gate, if the encoder has one."""
+        return self._embed_image(shallow_stages(self.image_tower, pixels), mixture, query)
+
+    def _embed_image(self, shallow: torch.Tensor, mixture: np.ndarray | None, query: bool) -> np.ndarray:
         m = None if mixture is None else torch.from_numpy(np.asarray(mixture, np.float32))
-        feats = image_tower_outputs(self.image_tower, pixels, self.adapters, m)
+        feats = late_outputs(self.image_tower, shallow, self.adapters, m)
         emb = self.heads.embed_image(feats)
         if self.gate is not None:
             emb = self.gate.pad_query(emb) if query else self.gate(emb, feats)
         return emb.numpy().astype(np.float32)
 
+    def _style_probs(self, maps: list[torch.Tensor]) -> np.ndarray | None:
+        return None if self.style_space is None else self.style_space.style_probs(grams(maps)).astype(np.float32)
+
     @torch.inference_mode()
     def style_probs(self, pixels: torch.Tensor) -> np.ndarray | None:
-        if self.style_space is None:
-            return None
-        return self.style_space.style_probs(gram_descriptors(self.image_tower, pixels)).astype(np.float32)
+        return self._style_probs(shallow_maps(self.image_tower, pixels))
 
+    @torch.inference_mode()
     def encode_query_tensors(self, pixels: torch.Tensor,
                              condition: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        probs = self.style_probs(pixels)
-        return self.encode_image_tensors(pixels, probs if condition else None, query=True), probs
+        maps = shallow_maps(self.image_tower, pixels)      # one pass through the shared blocks for both
+        probs = self._style_probs(maps)
+        return self._embed_image(maps[-1], probs if condition else None, query=True), probs
 
     @torch.inference_mode()
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:

@@ -9,6 +9,7 @@ of cosine similarities), summed per style; an unseen style comes out as a mixtur
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -36,19 +37,26 @@ def check_readable(image: Image.Image) -> None:
 
 @torch.inference_mode()
 def gram_descriptors(tower: nn.Module, pixels: torch.Tensor) -> np.ndarray:
-    """(B, 3, 224, 224) preprocessed pixels -> (B, D) Gram descriptors of the shallow blocks.
+    """(B, 3, 224, 224) preprocessed pixels -> (B, D) Gram descriptors of the shallow blocks."""
+    x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
+    maps = []
+    for block in tower.blocks[: max(GRAM_BLOCKS) + 1]:
+        x = block(x)
+        maps.append(x)
+    return grams(maps)
+
+
+def grams(maps: Sequence[torch.Tensor]) -> np.ndarray:
+    """The tower's block outputs, from block 0 on -> (B, D) Gram descriptors of the GRAM_BLOCKS ones.
 
     Upper triangles of each block's Gram matrix, signed-square-rooted (tames the heavy tail of
     co-activation energies, as for bilinear pooling)."""
-    x = tower.bn1(tower.conv_stem(pixels.contiguous(memory_format=torch.channels_last)))
     parts = []
-    for i, block in enumerate(tower.blocks[: max(GRAM_BLOCKS) + 1]):
-        x = block(x)
-        if i in GRAM_BLOCKS:
-            f = x.float().flatten(2)                                  # (B, C, HW)
-            gram = f @ f.transpose(1, 2) / f.shape[2]                 # (B, C, C)
-            rows, cols = torch.triu_indices(gram.shape[1], gram.shape[1])
-            parts.append(gram[:, rows, cols])
+    for i in GRAM_BLOCKS:
+        f = maps[i].float().flatten(2)                                # (B, C, HW)
+        gram = f @ f.transpose(1, 2) / f.shape[2]                     # (B, C, C)
+        rows, cols = torch.triu_indices(gram.shape[1], gram.shape[1])
+        parts.append(gram[:, rows, cols])
     d = torch.cat(parts, 1)
     return (d.sign() * d.abs().sqrt()).numpy()
 

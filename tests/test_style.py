@@ -101,6 +101,8 @@ def test_adapters_change_query_embeddings_but_never_a_photo_or_the_gallery() -> 
     on, probs_on = enc.encode_query_tensors(pixels, condition=True)
     np.testing.assert_array_equal(off, gallery)                       # no conditioning = gallery encoding
     np.testing.assert_array_equal(probs, probs_on)
+    # the style read in the same pass as the embedding is the style of the image's own Gram descriptors
+    np.testing.assert_allclose(probs, enc.style_space.style_probs(gram_descriptors(enc.image_tower, pixels)), atol=1e-6)
     assert STYLES[int(probs[1].argmax())] == "sketch"
     # the sketch query moves; a photo conditioned on a pure "photo" mixture is bit-identical to the gallery
     assert float(np.abs(on[1] - gallery[1]).max()) > 1e-3
