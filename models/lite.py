@@ -12,10 +12,15 @@ Small trainable heads (`LiteHeads`) join them in one space made of two parts:
 * a *learned* part: heads trained contrastively (`python -m search train-encoder`) on image-image
   and image-label pairs across styles (sketch, painting, cartoon, low-res -> photo), an MLP on the
   pooled and spatial tower features.
+* an *instance* part, images only: the heads' standardised input itself (pooled, 2x2 and mid-level
+  tower features), PCA-reduced. The learned heads generalise by class; this part keeps what tells
+  one photo from another of its class, and it is the space the style adapters align queries in
+  (models/style_adapters.py), so a sketch finds the very photo it was drawn from.
 
-The final vector is the L2-normalised concatenation of both parts, each scaled by a per-modality
+The final vector is the L2-normalised concatenation of the parts, each scaled by a per-modality
 weight stored with the heads, so text->image and image->image similarity each weight the parts
-as measured best on a dev split of the training data.
+as measured best on a dev split of the training data. Texts have nothing in the instance part,
+so it never changes a text query's ranking.
 """
 from __future__ import annotations
 
@@ -206,6 +211,8 @@ class HeadsConfig:
     image_mix: float = 0.5                    # weight of the bridge part in image vectors
     text_mix: float = 0.5                     # weight of the bridge part in text vectors
     minilm_mix: float = 0.0                   # share of the bridge given to its MiniLM-space half
+    space_dim: int = 256                      # size of the instance part (0: none)
+    space_mix: float = 0.5                    # its share of image vectors (chosen on dev, see README)
 
 
 class LiteHeads(nn.Module):
@@ -223,6 +230,8 @@ class LiteHeads(nn.Module):
         self.register_buffer("class_text", l2_normalize(class_text))      # (1000, 384)
         self.register_buffer("feat_mean", torch.zeros(in_dim))            # input standardisation,
         self.register_buffer("feat_std", torch.ones(in_dim))              # set from training data
+        self.register_buffer("space_mean", torch.zeros(in_dim))                # instance part: PCA of the
+        self.register_buffer("space_basis", torch.zeros(cfg.space_dim, in_dim))  # unit standardised input
         self.image_head = (nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim))
                            if cfg.hidden else nn.Linear(in_dim, cfg.dim))
         self.text_head = nn.Linear(TEXT_DIM, cfg.dim)
@@ -253,20 +262,35 @@ class LiteHeads(nn.Module):
     def text_learned(self, text: torch.Tensor) -> torch.Tensor:
         return l2_normalize(self.text_head(text))
 
+    def image_space(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `head_input(...)` -> the instance part (unit vectors, `space_dim`)."""
+        return l2_normalize((l2_normalize(x) - self.space_mean) @ self.space_basis.T)
+
+    def fit_space(self, x: torch.Tensor) -> None:
+        """PCA of the unit-length standardised inputs `x` (B, in_dim) of training photos."""
+        z = l2_normalize(x)
+        self.space_mean.copy_(z.mean(0))
+        self.space_basis.copy_(torch.linalg.svd(z - self.space_mean, full_matrices=False)[2][: self.cfg.space_dim])
+
     @staticmethod
     def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
         return l2_normalize(torch.cat([mix**0.5 * bridge, (1 - mix) ** 0.5 * learned], -1))
 
     def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self._join(self.image_bridge(feats["logits"]), self.image_learned(self.head_input(feats)),
-                          self.cfg.image_mix)
+        x = self.head_input(feats)
+        emb = self._join(self.image_bridge(feats["logits"]), self.image_learned(x), self.cfg.image_mix)
+        if not self.cfg.space_dim:
+            return emb
+        s = self.cfg.space_mix
+        return torch.cat([(1 - s) ** 0.5 * emb, s**0.5 * self.image_space(x)], -1)
 
     def embed_text(self, text: torch.Tensor) -> torch.Tensor:
-        return self._join(self.text_bridge(text), self.text_learned(text), self.cfg.text_mix)
+        emb = self._join(self.text_bridge(text), self.text_learned(text), self.cfg.text_mix)
+        return F.pad(emb, (0, self.cfg.space_dim))  # nothing in the instance part
 
     @property
     def out_dim(self) -> int:
-        return N_CLASSES + (TEXT_DIM if self.cfg.minilm_mix else 0) + self.cfg.dim
+        return N_CLASSES + (TEXT_DIM if self.cfg.minilm_mix else 0) + self.cfg.dim + self.cfg.space_dim
 
     def save(self, path: str | Path) -> None:
         """fp16 weights (the file is committed; halves its size at no measurable cost)."""

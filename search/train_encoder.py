@@ -149,6 +149,12 @@ def fit_standardisation(heads: LiteHeads, feats: Features, keys: list[str]) -> N
         heads.feat_std.copy_(x.std(0) + 1e-3)
 
 
+def fit_space(heads: LiteHeads, feats: Features, items: list[dict]) -> None:
+    """The heads' instance part: PCA over the training photos (what a gallery holds)."""
+    with torch.no_grad():
+        heads.fit_space(heads.head_input(feats.image([img_key(r) for r in items if r["style"] == "photo"])))
+
+
 def multi_positive_nce(q: torch.Tensor, t: torch.Tensor, keys: list[str], temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE where every pair with the same key is a positive (soft uniform target)."""
     ids = {k: i for i, k in enumerate(dict.fromkeys(keys))}
@@ -313,11 +319,13 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
     heads = train_heads(new_heads(heads_cfg, class_text, cfg.seed), build_tasks(train, cfg.flip), feats, cfg)
+    fit_space(heads, feats, train)
     chosen = pick_mixes(heads, feats, dev)
     log.info("chosen on dev: image_mix %.2f, text_mix %.2f, text_temperature %.2f, minilm_mix %.1f; "
              "refitting on all train items",
              chosen.image_mix, chosen.text_mix, chosen.text_temperature, chosen.minilm_mix)
     heads = train_heads(new_heads(chosen, class_text, cfg.seed), tasks, feats, cfg)
+    fit_space(heads, feats, items)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     heads.save(out)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from models import RegistryError, create_encoder, get_config, list_encoders
 from models.base import Encoder, file_sha256
@@ -276,3 +276,37 @@ def test_lite_text_tower_equals_transformers_bert() -> None:
     mask = batch["attention_mask"].unsqueeze(-1).float()
     want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
     np.testing.assert_allclose(TextTower()(texts).numpy(), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_lite_instance_part_holds_images_only(lite: Encoder, photos: dict[str, Image.Image],
+                                              photo_vecs: np.ndarray) -> None:
+    """Texts have nothing in the instance part (it never changes a text ranking); images give it
+    `space_mix` of their length, and there a cropped copy of a photo is nearest its original."""
+    cfg = lite.heads.cfg
+    assert cfg.space_dim > 0
+    texts = lite.encode_texts(["a cat", "a rocket on its launch pad"])
+    np.testing.assert_array_equal(texts[:, -cfg.space_dim:], 0.0)
+    np.testing.assert_allclose(np.linalg.norm(photo_vecs[:, -cfg.space_dim:], axis=1), cfg.space_mix**0.5, atol=1e-5)
+    crops = lite.encode_images([ImageOps.crop(p, border=p.width // 12) for p in photos.values()])
+    sims = crops[:, -cfg.space_dim:] @ photo_vecs[:, -cfg.space_dim:].T
+    assert list(sims.argmax(1)) == list(range(len(photos))), sims.round(2)
+
+
+def test_lite_heads_instance_part_is_a_pca_of_training_photos() -> None:
+    from models.lite import FEATURE_DIMS, HeadsConfig, LiteHeads
+
+    cfg = HeadsConfig(dim=8, hidden=0, image_features=("pooled",), space_dim=4)
+    heads = LiteHeads(cfg, torch.randn(1000, 384))
+    gen = torch.Generator().manual_seed(0)
+    scale = torch.ones(FEATURE_DIMS["pooled"])
+    scale[:3] = 30.0                             # three directions carry most of the variance
+    x = torch.randn(200, FEATURE_DIMS["pooled"], generator=gen) * scale
+    heads.fit_space(x)
+    basis = heads.space_basis
+    np.testing.assert_allclose((basis @ basis.T).numpy(), np.eye(4), atol=1e-4)
+    assert basis[:3, :3].abs().sum(1).min() > 0.9  # the top components are the high-variance axes
+    z = heads.image_space(x)
+    np.testing.assert_allclose(z.norm(dim=1).numpy(), 1.0, atol=1e-5)
+    assert heads.embed_image({"pooled": x, "logits": torch.randn(200, 1000)}).shape == (200, heads.out_dim)
+    assert heads.embed_text(torch.randn(3, 384))[:, -4:].abs().max() == 0
