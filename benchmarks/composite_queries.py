@@ -5,7 +5,7 @@
 Each query is a test sketch of the benchmark plus its class word ("a dog"); the gallery is the
 benchmark's test photos; relevant = every photo of the class. Reports mAP / R@1 / P@10 for the sketch
 alone, the text alone and the fused query at several text weights (the app's slider), all through
-SearchEngine.encode, so exactly what the app does.
+SearchEngine.encode and, for queries with an image, the same query expansion, so exactly what the app does.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from search.benchmark import load_benchmark  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 from search.images import load_image  # noqa: E402
 from search.metrics import mean_metrics, query_metrics, rank_all  # noqa: E402
+from search.rankings import RankSettings, expand_queries  # noqa: E402
 from search.types import Query  # noqa: E402
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # text weight; 0 = sketch alone, 1 = text alone
@@ -51,13 +52,18 @@ def main() -> None:
             for w in WEIGHTS:
                 query = Query(text=f"a {word}" if w > 0 else None, image=image if w < 1 else None, text_weight=w)
                 rows[w].append(engine.encode(query).vector)
-    print(f"{bench.name}: {len(queries)} {args.style} queries + class word, {len(ids)} photos, encoder {args.encoder}")
-    print(f"{'text weight':<22}{'mAP':>8}{'R@1':>8}{'P@10':>8}")
-    for w in WEIGHTS:
-        ranked = rank_all(np.stack(rows[w]), gallery_vecs)
-        m = mean_metrics([query_metrics([ids[j] for j in r], q.relevant) for r, q in zip(ranked, queries)])
-        name = {0.0: "0 (sketch alone)", 1.0: "1 (text alone)"}.get(w, f"{w:g} (fused)")
-        print(f"{name:<22}{m['mAP']:>8.3f}{m['R@1']:>8.3f}{m['P@10']:>8.3f}")
+        print(f"{bench.name}: {len(queries)} {args.style} queries + class word, {len(ids)} photos, "
+              f"encoder {args.encoder}")
+        print(f"{'text weight':<22}{'mAP':>8}{'R@1':>8}{'P@10':>8}")
+        settings = RankSettings()
+        for w in WEIGHTS:
+            vecs = np.stack(rows[w])
+            if w < 1:  # the query has an image
+                vecs = expand_queries(vecs, engine.gallery, settings.expand, settings.expand_alpha)
+            ranked = rank_all(vecs, gallery_vecs)
+            m = mean_metrics([query_metrics([ids[j] for j in r], q.relevant) for r, q in zip(ranked, queries)])
+            name = {0.0: "0 (sketch alone)", 1.0: "1 (text alone)"}.get(w, f"{w:g} (fused)")
+            print(f"{name:<22}{m['mAP']:>8.3f}{m['R@1']:>8.3f}{m['P@10']:>8.3f}")
 
 
 if __name__ == "__main__":

@@ -230,8 +230,9 @@ class LiteHeads(nn.Module):
         self.register_buffer("class_text", l2_normalize(class_text))      # (1000, 384)
         self.register_buffer("feat_mean", torch.zeros(in_dim))            # input standardisation,
         self.register_buffer("feat_std", torch.ones(in_dim))              # set from training data
-        self.register_buffer("space_mean", torch.zeros(in_dim))                # instance part: PCA of the
-        self.register_buffer("space_basis", torch.zeros(cfg.space_dim, in_dim))  # unit standardised input
+        if cfg.space_dim:  # instance part: PCA of the unit-length standardised input
+            self.register_buffer("space_mean", torch.zeros(in_dim))
+            self.register_buffer("space_basis", torch.zeros(cfg.space_dim, in_dim))
         self.image_head = (nn.Sequential(nn.Linear(in_dim, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.dim))
                            if cfg.hidden else nn.Linear(in_dim, cfg.dim))
         self.text_head = nn.Linear(TEXT_DIM, cfg.dim)
@@ -302,7 +303,8 @@ class LiteHeads(nn.Module):
     @classmethod
     def load(cls, path: str | Path) -> LiteHeads:
         blob = torch.load(path, map_location="cpu", weights_only=True)
-        raw = blob["config"]
+        # heads saved before the instance part existed have none
+        raw = {"space_dim": 0, "space_mix": 0.0, **blob["config"]}
         cfg = HeadsConfig(**{**raw, "image_features": tuple(raw["image_features"])})
         heads = cls(cfg, blob["state"]["class_text"].float())
         heads.load_state_dict({k: v.float() for k, v in blob["state"].items()})

@@ -19,7 +19,7 @@ from .config import CACHE_DIR
 from .gallery import read_source
 from .gallery_index import BuildReport, GalleryIndex, build_index, read_meta
 from .layout import is_lowres, rerank_top
-from .rankings import RankSettings, get_ranking
+from .rankings import RankSettings, expand_queries, get_ranking
 from .types import GalleryItem, Hit, Query, Skipped
 
 if TYPE_CHECKING:
@@ -102,8 +102,11 @@ class SearchEngine:
 
     def _rank(self, ranking: str, vector: np.ndarray, settings: RankSettings, query: Query,
               style_probs: np.ndarray | None) -> list[Hit]:
-        """`ranking`'s hits; a query image detected as low-res (style-aware encoders, `style_probs` given)
-        puts near-duplicates of itself first among the candidates (search/layout.py)."""
+        """`ranking`'s hits. An image query is expanded by its top hits (`expand_queries`); one detected as
+        low-res (style-aware encoders, `style_probs` given) puts near-duplicates of itself first among the
+        candidates (search/layout.py)."""
+        if query.image is not None:
+            vector = expand_queries(vector[None], self.gallery, settings.expand, settings.expand_alpha)[0]
         if query.image is None or not is_lowres(style_probs):
             return get_ranking(ranking)(vector[None], self.gallery, settings)[0]
         wide = replace(settings, k=max(settings.k, settings.candidates))

@@ -21,7 +21,7 @@ from .images import load_image
 from .index import IndexSpec
 from .layout import is_lowres, rerank_top
 from .metrics import AESTHETIC_METRICS, METRICS, mean_metrics, query_metrics
-from .rankings import RankSettings, get_ranking
+from .rankings import RankSettings, expand_queries, get_ranking
 from .types import Hit, Skipped
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
                                             source=str(bench.root), scorer=scorer)
         queries, qvecs, lowres, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
         settings = replace(settings or RankSettings(), k=len(gallery_index))  # full rankings, for mAP
+        images = [i for i, q in enumerate(queries) if q.text is None]  # expanded, as in the app
+        qvecs[images] = expand_queries(qvecs[images], gallery_index, settings.expand, settings.expand_alpha)
         result = _score(bench, queries, qvecs, lowres, gallery_index, problems, encoder, "baseline", settings,
                         style)
         if ranking == "baseline":

@@ -30,6 +30,8 @@ class RankSettings:
     dedup: bool = True                # push near-duplicates of better-ranked hits out of the top
     dedup_threshold: float = 0.94     # cosine similarity at which two gallery images are near-duplicates
     shift: float = 0.3                # `shift` ranking: step toward the aesthetic direction
+    expand: int = 5                   # image queries: alpha-QE over this many top gallery vectors (0: off)
+    expand_alpha: float = 3.0         # their weight is similarity ** alpha
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.candidates < 1:
@@ -39,6 +41,21 @@ class RankSettings:
 
 
 Ranking = Callable[[np.ndarray, GalleryIndex, RankSettings], list[list[Hit]]]
+
+
+def expand_queries(vectors: np.ndarray, gallery: GalleryIndex, k: int, alpha: float) -> np.ndarray:
+    """alpha-weighted average query expansion (Radenovic et al., TPAMI 2018): each query vector plus its
+    top-k gallery vectors weighted by similarity ** alpha, renormalised. A sketch or painting query is moved
+    towards the photos it found first, across the gap between its style and the gallery's. Dimensions where
+    a query is 0 (e.g. an aesthetic gate's, models/aesthetic_gate.py) stay 0."""
+    k = min(k, len(gallery))
+    if k < 1 or not len(vectors):
+        return vectors
+    scores, rows = gallery.index.search(vectors, k)
+    weights = np.where(rows >= 0, np.clip(scores, 0, None) ** alpha, 0.0).astype(np.float32)   # (Q, k)
+    neighbours = gallery.vectors(np.clip(rows, 0, None).ravel()).reshape(*rows.shape, -1)     # (Q, k, dim)
+    out = np.where(vectors != 0, vectors + np.einsum("qk,qkd->qd", weights, neighbours), 0.0)
+    return (out / np.linalg.norm(out, axis=1, keepdims=True)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- pure functions over hits

@@ -14,6 +14,7 @@ from search.rankings import (
     aligned,
     baseline,
     demote_near_duplicates,
+    expand_queries,
     get_ranking,
     minmax,
     rescore,
@@ -126,6 +127,25 @@ def test_shift_ranking_needs_scores_and_uses_them(scored_index, tmp_path: Path) 
                        [GalleryItem(it.id, it.path) for it in index.items[:10]], vectors[:10])
     with pytest.raises(ValueError, match="needs aesthetic scores"):
         shift(vectors[:1], bare, RankSettings(k=5))
+
+
+def test_query_expansion_matches_a_numpy_oracle_and_keeps_zero_dimensions(scored_index) -> None:
+    index, vectors, _ = scored_index
+    rng = np.random.default_rng(5)
+    queries = unit(vectors[:4] + 0.8 * rng.standard_normal(vectors[:4].shape))
+    queries[:, -1] = 0.0                      # e.g. the aesthetic gate's dimension, empty in queries
+    queries = unit(queries)
+    got = expand_queries(queries, index, k=5, alpha=3.0)
+    for q, g in zip(queries, got):
+        sims = vectors @ q
+        top = np.argsort(-sims)[:5]
+        want = q + (np.clip(sims[top], 0, None)[:, None] ** 3 * vectors[top]).sum(0)
+        want[-1] = 0.0
+        np.testing.assert_allclose(g, want / np.linalg.norm(want), atol=1e-5)
+    assert np.all(got[:, -1] == 0)
+    # the expanded query is closer to the neighbours it was expanded with, and k=0 changes nothing
+    assert float(got[0] @ vectors[0]) > float(queries[0] @ vectors[0])
+    np.testing.assert_array_equal(expand_queries(queries, index, k=0, alpha=3.0), queries)
 
 
 def test_settings_and_names_are_validated() -> None:
