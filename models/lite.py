@@ -268,10 +268,13 @@ class LiteHeads(nn.Module):
         return l2_normalize((l2_normalize(x) - self.space_mean) @ self.space_basis.T)
 
     def fit_space(self, x: torch.Tensor) -> None:
-        """PCA of the unit-length standardised inputs `x` (B, in_dim) of training photos."""
+        """PCA of the unit-length standardised inputs `x` (B, in_dim) of training photos (with fewer photos
+        than `space_dim`, the components beyond their number stay zero)."""
         z = l2_normalize(x)
         self.space_mean.copy_(z.mean(0))
-        self.space_basis.copy_(torch.linalg.svd(z - self.space_mean, full_matrices=False)[2][: self.cfg.space_dim])
+        components = torch.linalg.svd(z - self.space_mean, full_matrices=False)[2][: self.cfg.space_dim]
+        self.space_basis.zero_()
+        self.space_basis[: len(components)] = components
 
     @staticmethod
     def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
