@@ -6,6 +6,7 @@ import hashlib
 import logging
 import re
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +24,8 @@ from .rankings import RankSettings, expand_queries, get_ranking
 from .types import GalleryItem, Hit, Query, Skipped
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from models.aesthetic import AestheticScorer
 
     from .rephrase import Rephraser, Rephrasing
@@ -102,16 +105,8 @@ class SearchEngine:
 
     def _rank(self, ranking: str, vector: np.ndarray, settings: RankSettings, query: Query,
               style_probs: np.ndarray | None) -> list[Hit]:
-        """`ranking`'s hits. An image query is expanded by its top hits (`expand_queries`); one detected as
-        low-res (style-aware encoders, `style_probs` given) puts near-duplicates of itself first among the
-        candidates (search/layout.py)."""
-        if query.image is not None:
-            vector = expand_queries(vector[None], self.gallery, settings.expand, settings.expand_alpha)[0]
-        if query.image is None or not is_lowres(style_probs):
-            return get_ranking(ranking)(vector[None], self.gallery, settings)[0]
-        wide = replace(settings, k=max(settings.k, settings.candidates))
-        hits = get_ranking(ranking)(vector[None], self.gallery, wide)[0]
-        return rerank_top(hits, query.image, wide.k)[: settings.k]
+        lowres = {0: query.image} if query.image is not None and is_lowres(style_probs) else {}
+        return rank_queries(ranking, vector[None], self.gallery, settings, [query.image is not None], lowres)[0]
 
     def compare(self, query: Query, settings: RankSettings | None = None, rephrase: bool = True,
                 style: bool = True) -> Comparison:
@@ -158,6 +153,30 @@ class Comparison:
     baseline: tuple[Hit, ...]      # plain kNN
     aligned: tuple[Hit, ...]       # rephrased, re-scored with aesthetics, de-duplicated
     seconds: float                 # time to answer both
+
+
+def rank_queries(ranking: str, vectors: np.ndarray, gallery: GalleryIndex, settings: RankSettings,
+                 has_image: Sequence[bool], lowres: Mapping[int, Image.Image]) -> list[list[Hit]]:
+    """Query vectors -> `ranking`'s hits; the one path the app and the evaluator share.
+
+    Image queries (`has_image`) are expanded by their top hits (`expand_queries`); those detected as low-res
+    (`lowres`: row -> the query image) put near-duplicates of themselves first among the candidates
+    (search/layout.py)."""
+    vectors = vectors.copy()
+    rows = np.flatnonzero(np.asarray(has_image, bool))
+    if len(rows):
+        vectors[rows] = expand_queries(vectors[rows], gallery, settings.expand, settings.expand_alpha)
+    hits: list[list[Hit]] = [[] for _ in vectors]
+    plain = [i for i in range(len(vectors)) if i not in lowres]
+    if plain:
+        for i, row in zip(plain, get_ranking(ranking)(vectors[plain], gallery, settings)):
+            hits[i] = row
+    if lowres:
+        wide = replace(settings, k=max(settings.k, settings.candidates))
+        near = sorted(lowres)
+        for i, row in zip(near, get_ranking(ranking)(vectors[near], gallery, wide)):
+            hits[i] = rerank_top(row, lowres[i], wide.k)[: settings.k]
+    return hits
 
 
 def make_scorer(name: str | None, encoder: Encoder) -> AestheticScorer | None:

@@ -15,13 +15,13 @@ from models import Encoder, get_encoder
 from .benchmark import Benchmark, BenchQuery, Problem, load_benchmark
 from .config import CACHE_DIR, DEFAULT_ENCODER
 from .embedding import embed_files
-from .engine import cache_index_dir
+from .engine import cache_index_dir, rank_queries
 from .gallery_index import GalleryIndex, build_index
 from .images import load_image
 from .index import IndexSpec
-from .layout import is_lowres, rerank_top
+from .layout import is_lowres
 from .metrics import AESTHETIC_METRICS, METRICS, mean_metrics, query_metrics
-from .rankings import RankSettings, expand_queries, get_ranking
+from .rankings import RankSettings, get_ranking
 from .types import Hit, Skipped
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,6 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
                                             source=str(bench.root), scorer=scorer)
         queries, qvecs, lowres, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
         settings = replace(settings or RankSettings(), k=len(gallery_index))  # full rankings, for mAP
-        images = [i for i, q in enumerate(queries) if q.text is None]  # expanded, as in the app
-        qvecs[images] = expand_queries(qvecs[images], gallery_index, settings.expand, settings.expand_alpha)
         result = _score(bench, queries, qvecs, lowres, gallery_index, problems, encoder, "baseline", settings,
                         style)
         if ranking == "baseline":
@@ -142,9 +140,8 @@ def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex,
 def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, lowres: np.ndarray,
            gallery_index: GalleryIndex, problems: list[Problem], encoder: str, ranking: str, settings: RankSettings,
            style: bool) -> EvalResult:
-    hits = get_ranking(ranking)(qvecs, gallery_index, settings)
-    for i in np.flatnonzero(lowres):
-        hits[i] = rerank_top(hits[i], load_image(queries[i].path), settings.candidates)
+    hits = rank_queries(ranking, qvecs, gallery_index, settings, [q.text is None for q in queries],
+                        {i: load_image(queries[i].path) for i in np.flatnonzero(lowres)})
     per_style: dict[str, list[dict]] = defaultdict(list)
     rankings = []
     for q, row in zip(queries, hits):
