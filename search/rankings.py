@@ -38,6 +38,8 @@ class RankSettings:
             raise ValueError(f"k and candidates must be >= 1, got k={self.k}, candidates={self.candidates}")
         if not 0.0 <= self.aesthetic_weight <= 1.0:
             raise ValueError(f"aesthetic_weight must be in 0..1, got {self.aesthetic_weight}")
+        if self.expand < 0 or self.expand_alpha < 0:
+            raise ValueError(f"expand and expand_alpha must be >= 0, got {self.expand}, {self.expand_alpha}")
 
 
 Ranking = Callable[[np.ndarray, GalleryIndex, RankSettings], list[list[Hit]]]

@@ -318,9 +318,10 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     class_text = torch.from_numpy(text_embeddings(imagenet_class_prompts()))
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
-    heads = train_heads(new_heads(heads_cfg, class_text, cfg.seed), build_tasks(train, cfg.flip), feats, cfg)
-    fit_space(heads, feats, train)
-    chosen = pick_mixes(heads, feats, dev)
+    # the mixes weigh the bridge and learned parts; the instance part's share is fixed (HeadsConfig)
+    dev_cfg = replace(heads_cfg, space_dim=0)
+    heads = train_heads(new_heads(dev_cfg, class_text, cfg.seed), build_tasks(train, cfg.flip), feats, cfg)
+    chosen = replace(pick_mixes(heads, feats, dev), space_dim=heads_cfg.space_dim, space_mix=heads_cfg.space_mix)
     log.info("chosen on dev: image_mix %.2f, text_mix %.2f, text_temperature %.2f, minilm_mix %.1f; "
              "refitting on all train items",
              chosen.image_mix, chosen.text_mix, chosen.text_temperature, chosen.minilm_mix)

@@ -153,5 +153,7 @@ def test_settings_and_names_are_validated() -> None:
         RankSettings(aesthetic_weight=1.5)
     with pytest.raises(ValueError, match="k and candidates must be >= 1"):
         RankSettings(k=0)
+    with pytest.raises(ValueError, match="expand and expand_alpha must be >= 0"):
+        RankSettings(expand=-1)
     with pytest.raises(ValueError, match="unknown ranking 'best'; known rankings: baseline, aligned, shift"):
         get_ranking("best")
