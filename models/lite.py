@@ -189,12 +189,17 @@ class TextTower:
 
 CLASS_PROMPT = "a photo of a {}"  # how class names are phrased before MiniLM embeds them
 
-def imagenet_class_prompts() -> list[str]:
-    """The 1000 ImageNet classes as prompts (first synonym of each synset description, from timm)."""
+def imagenet_class_texts() -> tuple[list[str], list[str]]:
+    """The 1000 ImageNet classes as prompts (the first synonym of each synset, "a photo of a sorrel") and as
+    their WordNet definitions ("a horse of a brownish orange to light brown color"), both from timm's files.
+    A class's text vector is the mean of the two: the name matches a query that uses it, the definition one
+    in everyday words (on dev, class words -> Sketchy photos mAP 0.804 -> 0.863, ImageNet names unchanged)."""
     from timm.data import ImageNetInfo
 
     info = ImageNetInfo()
-    return [CLASS_PROMPT.format(info.index_to_description(i).split(",")[0].strip()) for i in range(N_CLASSES)]
+    described = [info.index_to_description(i, detailed=True).split(":", 1) for i in range(N_CLASSES)]
+    return ([CLASS_PROMPT.format(names.split(",")[0].strip()) for names, _ in described],
+            [definition.strip() for _, definition in described])
 
 
 # ---------------------------------------------------------------- trainable heads

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_prompts
+from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_texts
 
 from .metrics import mean_metrics, query_metrics, rank_all
 from .tower_cache import TowerCache, text_embeddings
@@ -315,7 +315,8 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     train, dev = split_dev(items, cfg.dev_fraction, cfg.seed)
     dev_texts = {ref for queries, _, _ in dev_benchmarks(dev).values() for kind, ref in queries if kind == "text"}
     feats = Features(cache, task_refs(tasks, "image"), sorted(dev_texts.union(task_refs(tasks, "text"))))
-    class_text = torch.from_numpy(text_embeddings(imagenet_class_prompts()))
+    prompts, definitions = imagenet_class_texts()
+    class_text = torch.from_numpy(text_embeddings(prompts) + text_embeddings(definitions))  # heads normalise
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
     # the mixes weigh the bridge and learned parts; the instance part's share is fixed (HeadsConfig)

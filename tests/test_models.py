@@ -310,3 +310,13 @@ def test_lite_heads_instance_part_is_a_pca_of_training_photos() -> None:
     np.testing.assert_allclose(z.norm(dim=1).numpy(), 1.0, atol=1e-5)
     assert heads.embed_image({"pooled": x, "logits": torch.randn(200, 1000)}).shape == (200, heads.out_dim)
     assert heads.embed_text(torch.randn(3, 384))[:, -4:].abs().max() == 0
+
+
+def test_imagenet_class_texts_pair_each_name_with_its_definition() -> None:
+    from models.lite import imagenet_class_texts
+
+    prompts, definitions = imagenet_class_texts()
+    assert len(prompts) == len(definitions) == 1000 and all(definitions)
+    assert prompts[0] == "a photo of a tench" and "fish" in definitions[0]
+    sorrel = prompts.index("a photo of a sorrel")   # a name few captions use; its definition says "horse"
+    assert "horse" in definitions[sorrel]
