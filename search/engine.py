@@ -175,7 +175,7 @@ def rank_queries(ranking: str, vectors: np.ndarray, gallery: GalleryIndex, setti
         wide = replace(settings, k=max(settings.k, settings.candidates))
         near = sorted(lowres)
         for i, row in zip(near, get_ranking(ranking)(vectors[near], gallery, wide)):
-            hits[i] = rerank_top(row, lowres[i], wide.k)[: settings.k]
+            hits[i] = rerank_top(row, lowres[i], settings.candidates)[: settings.k]
     return hits
 
 
