@@ -5,7 +5,7 @@
 Each query is a test sketch of the benchmark plus its class word ("a dog"); the gallery is the
 benchmark's test photos; relevant = every photo of the class. Reports mAP / R@1 / P@10 for the sketch
 alone, the text alone and the fused query at several text weights (the app's slider), all through
-SearchEngine.encode and, for queries with an image, the same query expansion, so exactly what the app does.
+SearchEngine.encode and search.engine.rank_queries, so exactly what the app does.
 """
 from __future__ import annotations
 
@@ -22,10 +22,10 @@ sys.path.insert(0, str(PROJECT_ROOT))
 import numpy as np  # noqa: E402
 
 from search.benchmark import load_benchmark  # noqa: E402
-from search.engine import SearchEngine  # noqa: E402
+from search.engine import SearchEngine, rank_queries  # noqa: E402
 from search.images import load_image  # noqa: E402
-from search.metrics import mean_metrics, query_metrics, rank_all  # noqa: E402
-from search.rankings import RankSettings, expand_queries  # noqa: E402
+from search.metrics import mean_metrics, query_metrics  # noqa: E402
+from search.rankings import RankSettings  # noqa: E402
 from search.types import Query  # noqa: E402
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # text weight; 0 = sketch alone, 1 = text alone
@@ -43,7 +43,6 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         engine, _ = SearchEngine.build(bench.gallery, args.encoder, Path(tmp) / "index", name="composite",
                                        scorer=None)
-        gallery_vecs = engine.gallery.vectors(list(range(len(engine.gallery))))
         ids = [r["id"] for r in engine.gallery.rows]
         rows = {w: [] for w in WEIGHTS}
         for q in queries:
@@ -55,13 +54,10 @@ def main() -> None:
         print(f"{bench.name}: {len(queries)} {args.style} queries + class word, {len(ids)} photos, "
               f"encoder {args.encoder}")
         print(f"{'text weight':<22}{'mAP':>8}{'R@1':>8}{'P@10':>8}")
-        settings = RankSettings()
+        settings = RankSettings(k=len(ids))  # full rankings, for mAP
         for w in WEIGHTS:
-            vecs = np.stack(rows[w])
-            if w < 1:  # the query has an image
-                vecs = expand_queries(vecs, engine.gallery, settings.expand, settings.expand_alpha)
-            ranked = rank_all(vecs, gallery_vecs)
-            m = mean_metrics([query_metrics([ids[j] for j in r], q.relevant) for r, q in zip(ranked, queries)])
+            hits = rank_queries("baseline", np.stack(rows[w]), engine.gallery, settings, [w < 1] * len(queries), {})
+            m = mean_metrics([query_metrics([h.item.id for h in row], q.relevant) for row, q in zip(hits, queries)])
             name = {0.0: "0 (sketch alone)", 1.0: "1 (text alone)"}.get(w, f"{w:g} (fused)")
             print(f"{name:<22}{m['mAP']:>8.3f}{m['R@1']:>8.3f}{m['P@10']:>8.3f}")
 
