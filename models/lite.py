@@ -285,9 +285,14 @@ class LiteHeads(nn.Module):
     def _join(bridge: torch.Tensor, learned: torch.Tensor, mix: float) -> torch.Tensor:
         return l2_normalize(torch.cat([mix**0.5 * bridge, (1 - mix) ** 0.5 * learned], -1))
 
-    def embed_image(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+    def embed_image(self, feats: dict[str, torch.Tensor],
+                    frozen: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """`frozen`: for a style-conditioned query, its unconditioned tower outputs (`feats` being the
+        conditioned ones). The learned part reads those: the heads were fitted on styled queries' frozen
+        features, while the bridge and instance parts only know photos, so they read the aligned features."""
         x = self.head_input(feats)
-        emb = self._join(self.image_bridge(feats["logits"]), self.image_learned(x), self.cfg.image_mix)
+        learned = self.image_learned(x if frozen is None else self.head_input(frozen))
+        emb = self._join(self.image_bridge(feats["logits"]), learned, self.cfg.image_mix)
         if not self.cfg.space_dim:
             return emb
         s = self.cfg.space_mix
@@ -371,9 +376,11 @@ class LiteEncoder(Encoder):
         return self._embed_image(shallow_stages(self.image_tower, pixels), mixture, query)
 
     def _embed_image(self, shallow: torch.Tensor, mixture: np.ndarray | None, query: bool) -> np.ndarray:
-        m = None if mixture is None else torch.from_numpy(np.asarray(mixture, np.float32))
-        feats = late_outputs(self.image_tower, shallow, self.adapters, m)
-        emb = self.heads.embed_image(feats)
+        feats = frozen = late_outputs(self.image_tower, shallow)
+        if mixture is not None and self.adapters is not None:
+            m = torch.from_numpy(np.asarray(mixture, np.float32))
+            feats = late_outputs(self.image_tower, shallow, self.adapters, m)
+        emb = self.heads.embed_image(feats, frozen)
         if self.gate is not None:
             emb = self.gate.pad_query(emb) if query else self.gate(emb, feats)
         return emb.numpy().astype(np.float32)

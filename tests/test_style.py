@@ -106,6 +106,12 @@ def test_adapters_change_query_embeddings_but_never_a_photo_or_the_gallery() -> 
     assert STYLES[int(probs[1].argmax())] == "sketch"
     # the sketch query moves; a photo conditioned on a pure "photo" mixture is bit-identical to the gallery
     assert float(np.abs(on[1] - gallery[1]).max()) > 1e-3
+    # ... in the parts that read the aligned features (bridge, instance); its learned part reads the
+    # unconditioned ones, since the heads were fitted on styled queries' frozen features
+    cfg, end = enc.heads.cfg, enc.heads.out_dim - enc.heads.cfg.space_dim
+    np.testing.assert_allclose(on[1, end - cfg.dim : end], off[1, end - cfg.dim : end], atol=1e-6)
+    assert float(np.abs(on[1, end:] - off[1, end:]).max()) > 1e-3
+    assert float(np.abs(on[1, : end - cfg.dim] - off[1, : end - cfg.dim]).max()) > 1e-3
     photo_mix = np.eye(len(STYLES), dtype=np.float32)[[STYLES.index("photo")] * 3]
     np.testing.assert_array_equal(enc.encode_image_tensors(pixels, photo_mix), gallery)
     np.testing.assert_allclose(np.linalg.norm(on, axis=1), 1.0, rtol=1e-5)
