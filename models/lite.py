@@ -376,10 +376,10 @@ class LiteEncoder(Encoder):
         return self._embed_image(shallow_stages(self.image_tower, pixels), mixture, query)
 
     def _embed_image(self, shallow: torch.Tensor, mixture: np.ndarray | None, query: bool) -> np.ndarray:
-        feats = frozen = late_outputs(self.image_tower, shallow)
-        if mixture is not None and self.adapters is not None:
+        feats, frozen = late_outputs(self.image_tower, shallow), None
+        if mixture is not None and self.adapters is not None:  # a conditioned query: both passes
             m = torch.from_numpy(np.asarray(mixture, np.float32))
-            feats = late_outputs(self.image_tower, shallow, self.adapters, m)
+            feats, frozen = late_outputs(self.image_tower, shallow, self.adapters, m), feats
         emb = self.heads.embed_image(feats, frozen)
         if self.gate is not None:
             emb = self.gate.pad_query(emb) if query else self.gate(emb, feats)
