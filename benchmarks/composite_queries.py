@@ -21,6 +21,7 @@ sys.path.insert(0, str(PROJECT_ROOT))
 
 import numpy as np  # noqa: E402
 
+from models.style import STYLES  # noqa: E402
 from search.benchmark import load_benchmark  # noqa: E402
 from search.engine import SearchEngine, rank_queries  # noqa: E402
 from search.images import load_image  # noqa: E402
@@ -45,18 +46,23 @@ def main() -> None:
                                        scorer=None)
         ids = [r["id"] for r in engine.gallery.rows]
         rows = {w: [] for w in WEIGHTS}
+        weights = {w: [] for w in WEIGHTS}  # style mixtures scaled by the image's share (querybank normalisation)
         for q in queries:
             word = label[next(iter(q.relevant))]
             image = load_image(q.path)
             for w in WEIGHTS:
                 query = Query(text=f"a {word}" if w > 0 else None, image=image if w < 1 else None, text_weight=w)
-                rows[w].append(engine.encode(query).vector)
+                encoded = engine.encode(query)
+                rows[w].append(encoded.vector)
+                weights[w].append(np.zeros(len(STYLES), np.float32) if encoded.style_weights is None
+                                  else encoded.style_weights)
         print(f"{bench.name}: {len(queries)} {args.style} queries + class word, {len(ids)} photos, "
               f"encoder {args.encoder}")
         print(f"{'text weight':<22}{'mAP':>8}{'R@1':>8}{'P@10':>8}")
         settings = RankSettings(k=len(ids))  # full rankings, for mAP
         for w in WEIGHTS:
-            hits = rank_queries("baseline", np.stack(rows[w]), engine.gallery, settings, [w < 1] * len(queries), {})
+            hits = rank_queries("baseline", np.stack(rows[w]), engine.gallery, settings, [w < 1] * len(queries), {},
+                                np.stack(weights[w]), engine.encoder.query_bank)
             m = mean_metrics([query_metrics([h.item.id for h in row], q.relevant) for row, q in zip(hits, queries)])
             name = {0.0: "0 (sketch alone)", 1.0: "1 (text alone)"}.get(w, f"{w:g} (fused)")
             print(f"{name:<22}{m['mAP']:>8.3f}{m['R@1']:>8.3f}{m['P@10']:>8.3f}")

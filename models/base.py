@@ -10,6 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .query_bank import QueryBank
+
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.normalize(x.float(), dim=-1)
@@ -35,6 +37,7 @@ class Encoder(ABC):
     dim: int
     preprocess: Callable[[Image.Image], torch.Tensor]
     batch_size: int = 32
+    query_bank: QueryBank | None = None  # style-aware encoders: hubness of gallery images per query style
 
     @property
     @abstractmethod

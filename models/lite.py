@@ -38,6 +38,7 @@ from torch import nn
 
 from .aesthetic_gate import AestheticGate
 from .base import Encoder, file_sha256, l2_normalize
+from .query_bank import QueryBank
 from .style import GRAM_BLOCKS, StyleSpace, grams
 from .style_adapters import FIRST_ADAPTED, StyleAdapters
 
@@ -328,14 +329,14 @@ class LiteHeads(nn.Module):
 class LiteEncoder(Encoder):
     def __init__(self, name: str, heads_path: str | Path, batch_size: int = 32,
                  style_space: str | Path | None = None, style_adapters: str | Path | None = None,
-                 aesthetic_gate: str | Path | None = None) -> None:
+                 aesthetic_gate: str | Path | None = None, query_bank: str | Path | None = None) -> None:
         heads_path = Path(heads_path)
         if not heads_path.is_file():
             raise FileNotFoundError(
                 f"encoder {name!r}: heads file {heads_path} not found; train it with "
                 "`python -m search train-encoder --data ../shared/data --out " f"{heads_path}`")
         for path, command in ((style_space, "train-style"), (style_adapters, "train-adapters"),
-                              (aesthetic_gate, "train-align")):
+                              (aesthetic_gate, "train-align"), (query_bank, "query-bank")):
             if path is not None and not Path(path).is_file():
                 raise FileNotFoundError(f"encoder {name!r}: {path} not found; train it with "
                                         f"`python -m search {command} --data ../shared/data --out {path}`")
@@ -351,6 +352,7 @@ class LiteEncoder(Encoder):
         self.preprocess = preprocess_image
         self.style_space = StyleSpace.load(style_space) if style_space else None
         self.adapters = StyleAdapters.load(style_adapters) if style_adapters else None
+        self.query_bank = QueryBank.load(query_bank) if query_bank else None
 
     # Each tower loads on first use: a text query need not wait for timm/torchvision (~3 s of a cold start).
     @functools.cached_property

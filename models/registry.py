@@ -32,6 +32,7 @@ class EncoderConfig:
     style_space: str | None = None   # lite: style bases (`train-style`), relative to models/
     style_adapters: str | None = None  # lite: style adapters inside the image tower (`train-adapters`)
     aesthetic_gate: str | None = None  # lite: gallery-side gate trained by ranked DPO (`train-align`)
+    query_bank: str | None = None    # lite: training queries per style, for querybank normalisation (`query-bank`)
     batch_size: int = 32             # images per forward pass
     description: str = ""
 
@@ -92,7 +93,7 @@ def create_encoder(name: str, **overrides: Any) -> Encoder:
 
         return LiteEncoder(name, resolve(cfg.weights), batch_size=cfg.batch_size,
                            style_space=resolve(cfg.style_space), style_adapters=resolve(cfg.style_adapters),
-                           aesthetic_gate=resolve(cfg.aesthetic_gate))
+                           aesthetic_gate=resolve(cfg.aesthetic_gate), query_bank=resolve(cfg.query_bank))
     from .openclip import OpenClipEncoder
 
     return OpenClipEncoder(name, cfg.arch, cfg.pretrained, batch_size=cfg.batch_size)

@@ -1,4 +1,4 @@
-"""Command line: `python -m search {index,query,eval,train-encoder,train-style,train-adapters,export-votes,...}`."""
+"""Command line: `python -m search {index,query,eval,train-encoder,train-style,train-adapters,query-bank,...}`."""
 from __future__ import annotations
 
 import argparse
@@ -127,6 +127,13 @@ def _train_align(args: argparse.Namespace) -> int:
     return 0
 
 
+def _query_bank(args: argparse.Namespace) -> int:
+    from .build_query_bank import build_query_bank
+
+    build_query_bank(args.data, args.out, args.encoder, per_style=args.per_style, seed=args.seed)
+    return 0
+
+
 def _train_style(args: argparse.Namespace) -> int:
     from .train_style import train_style
 
@@ -209,6 +216,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=AdapterConfig.steps, help="optimiser steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_adapters)
+
+    p = sub.add_parser("query-bank", help="encode train queries of each style: the bank that finds hub photos")
+    p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
+    p.add_argument("--encoder", default="lite", help="the encoder whose queries fill the bank (default %(default)s)")
+    p.add_argument("--out", default=str(weights / "lite_query_bank.npz"))
+    p.add_argument("--per-style", type=int, default=512, help="queries per style (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_query_bank)
 
     p = sub.add_parser("train-align", help="ranked-DPO alignment of the lite encoder (re-ranked lists + votes)")
     p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")

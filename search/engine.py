@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from models import Encoder, get_encoder
+from models.query_bank import QueryBank
 from models.style import check_readable, describe
 
 from .config import CACHE_DIR
 from .gallery import read_source
 from .gallery_index import BuildReport, GalleryIndex, build_index, read_meta
+from .hubness import HubCorrected, hub_penalties
 from .layout import is_lowres, rerank_top
 from .rankings import RankSettings, expand_queries, get_ranking
 from .types import GalleryItem, Hit, Query, Skipped
@@ -90,23 +92,28 @@ class SearchEngine:
             check_readable(query.image)  # StyleError (a ValueError) for a blank canvas or a uniform image
             img_vecs, p = self.encoder.encode_query_tensors(self.encoder.preprocess(query.image)[None], style)
             img, probs = img_vecs[0], None if p is None else p[0]
+        image_share = 1.0
         if vec is None:
             vec = img
         elif img is not None:
             vec = query.text_weight * vec + (1 - query.text_weight) * img
+            image_share = 1 - query.text_weight
         vec = (vec / np.linalg.norm(vec)).astype(np.float32)
-        return EncodedQuery(vec, probs, describe(probs) if probs is not None else None)
+        weights = probs * image_share if style and probs is not None else None
+        return EncodedQuery(vec, probs, describe(probs) if probs is not None else None, weights)
 
     def search(self, query: Query, k: int = 12, ranking: str = "baseline",
                settings: RankSettings | None = None) -> list[Hit]:
         settings = replace(settings or RankSettings(), k=k)
         encoded = self.encode(query)
-        return self._rank(ranking, encoded.vector, settings, query, encoded.style_probs)
+        return self._rank(ranking, encoded.vector, settings, query, encoded)
 
     def _rank(self, ranking: str, vector: np.ndarray, settings: RankSettings, query: Query,
-              style_probs: np.ndarray | None) -> list[Hit]:
-        lowres = {0: query.image} if query.image is not None and is_lowres(style_probs) else {}
-        return rank_queries(ranking, vector[None], self.gallery, settings, [query.image is not None], lowres)[0]
+              encoded: EncodedQuery) -> list[Hit]:
+        lowres = {0: query.image} if query.image is not None and is_lowres(encoded.style_weights) else {}
+        weights = None if encoded.style_weights is None else encoded.style_weights[None]
+        return rank_queries(ranking, vector[None], self.gallery, settings, [query.image is not None], lowres,
+                            weights, self.encoder.query_bank)[0]
 
     def compare(self, query: Query, settings: RankSettings | None = None, rephrase: bool = True,
                 style: bool = True) -> Comparison:
@@ -123,9 +130,8 @@ class SearchEngine:
             aligned_vec = self.encode(query, text=rephrasing.rephrased, style=style).vector
         else:
             aligned_vec = base.vector
-        probs = base.style_probs if style else None
-        baseline_hits = self._rank("baseline", base.vector, settings, query, probs)
-        aligned_hits = self._rank("aligned", aligned_vec, settings, query, probs)
+        baseline_hits = self._rank("baseline", base.vector, settings, query, base)
+        aligned_hits = self._rank("aligned", aligned_vec, settings, query, base)
         return Comparison(query, base.style, rephrasing, tuple(baseline_hits), tuple(aligned_hits),
                           time.perf_counter() - t0)
 
@@ -143,6 +149,9 @@ class EncodedQuery:
     vector: np.ndarray             # (dim,) unit vector
     style_probs: np.ndarray | None  # (len(STYLES),) detected style of the query image, if any
     style: str | None              # the same, readable: "sketch 0.91 · cartoon 0.06"
+    # style-conditioned queries: the mixture times the image's share of the vector, i.e. how much each
+    # style's hub scores count in the ranking (querybank normalisation, models/query_bank.py); else None
+    style_weights: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -156,26 +165,28 @@ class Comparison:
 
 
 def rank_queries(ranking: str, vectors: np.ndarray, gallery: GalleryIndex, settings: RankSettings,
-                 has_image: Sequence[bool], lowres: Mapping[int, Image.Image]) -> list[list[Hit]]:
+                 has_image: Sequence[bool], lowres: Mapping[int, Image.Image],
+                 style_weights: np.ndarray | None = None, bank: QueryBank | None = None) -> list[list[Hit]]:
     """Query vectors -> `ranking`'s hits; the one path the app and the evaluator share.
 
     Image queries (`has_image`) are expanded by their top hits (`expand_queries`); those detected as low-res
     (`lowres`: row -> the query image) put near-duplicates of themselves first among the candidates
-    (search/layout.py)."""
+    (search/layout.py). Style-conditioned queries (`style_weights`, (Q, n_styles), rows of 0 for the others)
+    have the gallery's hubs for their style discounted with the encoder's query `bank` (search/hubness.py)."""
     vectors = vectors.copy()
     rows = np.flatnonzero(np.asarray(has_image, bool))
     if len(rows):
         vectors[rows] = expand_queries(vectors[rows], gallery, settings.expand, settings.expand_alpha)
+    penalties = hub_penalties(gallery, bank, style_weights)
     hits: list[list[Hit]] = [[] for _ in vectors]
-    plain = [i for i in range(len(vectors)) if i not in lowres]
-    if plain:
-        for i, row in zip(plain, get_ranking(ranking)(vectors[plain], gallery, settings)):
-            hits[i] = row
-    if lowres:
-        wide = replace(settings, k=max(settings.k, settings.candidates))
-        near = sorted(lowres)
-        for i, row in zip(near, get_ranking(ranking)(vectors[near], gallery, wide)):
-            hits[i] = rerank_top(row, lowres[i], settings.candidates)[: settings.k]
+    for near in (False, True):
+        sel = [i for i in range(len(vectors)) if (i in lowres) == near]
+        if not sel:
+            continue
+        wide = replace(settings, k=max(settings.k, settings.candidates)) if near else settings
+        view = gallery if penalties is None else HubCorrected(gallery, penalties[sel])
+        for i, row in zip(sel, get_ranking(ranking)(vectors[sel], view, wide)):
+            hits[i] = rerank_top(row, lowres[i], settings.candidates)[: settings.k] if near else row
     return hits
 
 

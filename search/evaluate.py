@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from models import Encoder, get_encoder
+from models.style import STYLES
 
 from .benchmark import Benchmark, BenchQuery, Problem, load_benchmark
 from .config import CACHE_DIR, DEFAULT_ENCODER
@@ -83,10 +84,9 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
         # exact search: benchmark figures measure the encoder and ranking, not an approximate index
         gallery_index, report = build_index(bench.gallery, index_dir, enc, spec=IndexSpec("Flat"),
                                             source=str(bench.root), scorer=scorer)
-        queries, qvecs, lowres, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
+        queries, qvecs, probs, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
         settings = replace(settings or RankSettings(), k=len(gallery_index))  # full rankings, for mAP
-        result = _score(bench, queries, qvecs, lowres, gallery_index, problems, encoder, "baseline", settings,
-                        style)
+        result = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, "baseline", settings, style)
         if ranking == "baseline":
             return result
         texts = [i for i, q in enumerate(queries) if q.text is not None]
@@ -96,15 +96,15 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
             r = create_rephraser(rephraser)
             qvecs = qvecs.copy()
             qvecs[texts] = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
-        other = _score(bench, queries, qvecs, lowres, gallery_index, problems, encoder, ranking, settings, style)
+        other = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, ranking, settings, style)
         other.baseline = result
         return other
 
 
 def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex, skipped: list[Skipped],
                     style: bool) -> tuple[list[BenchQuery], np.ndarray, np.ndarray, list[Problem]]:
-    """The usable queries, their vectors, which are image queries detected as low-res (with `style`: they
-    get the near-duplicate re-rank, as in the app), and every bad row (with its file and line)."""
+    """The usable queries, their vectors, the detected style mixtures of image queries (with `style`, so they
+    rank as in the app; rows of 0 otherwise), and every bad row (with its file and line)."""
     problems = list(bench.problems)
     line_of = {str(g.path): n for g, n in zip(bench.gallery, bench.gallery_lines)}
     problems += [Problem("gallery.jsonl", line_of[s.where], f"{Path(s.where).name}: {s.reason}")
@@ -118,7 +118,7 @@ def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex,
         else:
             queries.append(q)
     qvecs = np.zeros((len(queries), enc.dim), np.float32)
-    usable, lowres = np.ones(len(queries), bool), np.zeros(len(queries), bool)
+    usable, mixtures = np.ones(len(queries), bool), np.zeros((len(queries), len(STYLES)), np.float32)
     text_pos = [i for i, q in enumerate(queries) if q.text is not None]
     if text_pos:
         qvecs[text_pos] = enc.encode_texts([queries[i].text for i in text_pos])
@@ -127,28 +127,29 @@ def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex,
         ivecs, probs, ok_q, bad_q = embed_files(enc, [queries[i].path for i in image_pos], "queries", style=style)
         qvecs[[image_pos[i] for i in ok_q]] = ivecs
         if style and probs is not None:
-            lowres[[image_pos[i] for i in ok_q]] = [is_lowres(p) for p in probs]
+            mixtures[[image_pos[i] for i in ok_q]] = probs
         for i, reason in bad_q:
             usable[image_pos[i]] = False
             q = queries[image_pos[i]]
             problems.append(Problem("queries.jsonl", q.line, f"{q.path.name}: {reason}"))
     for p in problems:
         log.warning("skipped %s", p)
-    return [q for q, u in zip(queries, usable) if u], qvecs[usable], lowres[usable], problems
+    return [q for q, u in zip(queries, usable) if u], qvecs[usable], mixtures[usable], problems
 
 
-def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, lowres: np.ndarray,
-           gallery_index: GalleryIndex, problems: list[Problem], encoder: str, ranking: str, settings: RankSettings,
+def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, mixtures: np.ndarray,
+           gallery_index: GalleryIndex, problems: list[Problem], enc: Encoder, ranking: str, settings: RankSettings,
            style: bool) -> EvalResult:
+    lowres = [i for i, m in enumerate(mixtures) if m.any() and is_lowres(m)]
     hits = rank_queries(ranking, qvecs, gallery_index, settings, [q.text is None for q in queries],
-                        {i: load_image(queries[i].path) for i in np.flatnonzero(lowres)})
+                        {i: load_image(queries[i].path) for i in lowres}, mixtures, enc.query_bank)
     per_style: dict[str, list[dict]] = defaultdict(list)
     rankings = []
     for q, row in zip(queries, hits):
         ranked = [h.item.id for h in row]
         per_style[q.style].append({**query_metrics(ranked, q.relevant), **aesthetic_metrics(row)})
         rankings.append((q.id, ranked))
-    return EvalResult(bench.name, encoder, ranking, mean_metrics([m for ms in per_style.values() for m in ms]),
+    return EvalResult(bench.name, enc.name, ranking, mean_metrics([m for ms in per_style.values() for m in ms]),
                       {s: mean_metrics(ms) for s, ms in per_style.items()}, problems, rankings, style)
 
 

@@ -33,6 +33,7 @@ from models import Encoder
 
 if TYPE_CHECKING:
     from models.aesthetic import AestheticScorer
+    from models.query_bank import QueryBank
 
 from .images import iter_batches
 from .index import IndexSpec, VectorIndex, auto_spec
@@ -121,6 +122,7 @@ class GalleryIndex:
 
     _direction: np.ndarray | None = None
     _rows_by_id: dict[str, int] | None = None
+    _hub: tuple[QueryBank, np.ndarray] | None = None
 
     def __init__(self, root: Path, meta: IndexMeta, rows: Sequence[dict], index: VectorIndex,
                  skipped: list[Skipped], dirs: list[str] | None = None) -> None:
@@ -187,6 +189,12 @@ class GalleryIndex:
     def vectors(self, rows: list[int]) -> np.ndarray:
         """(len(rows), dim) float32 gallery vectors (read from the memory-mapped file)."""
         return np.asarray(self.index.vectors[np.asarray(rows, dtype=np.int64)], np.float32)
+
+    def hubness(self, bank: QueryBank) -> np.ndarray:
+        """(N, n_styles) hub scores of the gallery's images for `bank`'s query styles (computed once)."""
+        if self._hub is None or self._hub[0] is not bank:
+            self._hub = (bank, bank.hubness(self.index.vectors))
+        return self._hub[1]
 
     def aesthetic_direction(self) -> np.ndarray | None:
         """Unit vector from the worst- to the best-scored images (None without aesthetic scores)."""
