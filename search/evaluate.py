@@ -140,7 +140,7 @@ def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex,
 def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, mixtures: np.ndarray,
            gallery_index: GalleryIndex, problems: list[Problem], enc: Encoder, ranking: str, settings: RankSettings,
            style: bool) -> EvalResult:
-    lowres = [i for i, m in enumerate(mixtures) if m.any() and is_lowres(m)]
+    lowres = [i for i, m in enumerate(mixtures) if is_lowres(m)]  # rows of 0 (text, style off) read as photo
     hits = rank_queries(ranking, qvecs, gallery_index, settings, [q.text is None for q in queries],
                         {i: load_image(queries[i].path) for i in lowres}, mixtures, enc.query_bank)
     per_style: dict[str, list[dict]] = defaultdict(list)
