@@ -1,53 +1,53 @@
-"""Example queries made from a gallery's own photos: an edge-map "sketch" and a low-res copy of some,
-plus the text of others, so a visitor can try every kind of query with one click."""
+"""Example queries a visitor can try with one click: a few texts, and the images under assets/examples/
+(line drawings, a painting-like and a low-res picture) listed in assets/examples/examples.json, which
+assets/make_examples.py draws and writes."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, ImageFilter, ImageOps
+from .config import PROJECT_ROOT
 
-from .images import load_image
-from .types import GalleryItem
+ASSETS_DIR = PROJECT_ROOT / "assets"
+KINDS = ("text", "sketch", "painting", "lowres", "sketch+text")
+TEXT_EXAMPLES = ("a cat", "a cup of coffee", "a rocket launch")
 
 
 @dataclass(frozen=True)
 class ExampleQuery:
     text: str | None               # text of the query, if any
     image: Path | None             # query image file, if any
-    kind: str                      # "text", "sketch", "lowres", "sketch+text"
+    kind: str                      # one of KINDS
+    caption: str = ""              # what the visitor is shown
+    provenance: str = ""           # who made the image and from what (licence of any source photo)
 
 
-def edge_sketch(image: Image.Image, size: int = 384) -> Image.Image:
-    """Dark strokes on white from an image's edges: how a quick drawing of it might look."""
-    grey = ImageOps.grayscale(image)
-    grey.thumbnail((size, size))
-    edges = grey.filter(ImageFilter.GaussianBlur(2)).filter(ImageFilter.FIND_EDGES)
-    strokes = edges.point(lambda v: 0 if v > 16 else 255).filter(ImageFilter.MinFilter(3))
-    return strokes.convert("RGB")
+def load_examples(assets_dir: str | Path = ASSETS_DIR) -> list[ExampleQuery]:
+    """The text examples, then the image examples in the order of `assets_dir`/examples/examples.json.
 
-
-def low_res(image: Image.Image, side: int = 24) -> Image.Image:
-    """A thumbnail `side` pixels wide, blown back up (blocky), like a low-resolution photo."""
-    small = image.resize((side, max(1, round(side * image.height / image.width))), Image.BOX)
-    return small.resize(image.size, Image.NEAREST)
-
-
-def make_examples(items: list[GalleryItem], out_dir: str | Path) -> list[ExampleQuery]:
-    """Write example query images under `out_dir` (once) and return the examples."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    by_id = {it.id.split("/")[-1]: it for it in items}
-    examples = [ExampleQuery(t, None, "text") for t in ("a cat", "a cup of coffee", "a rocket launch")]
-    for name, kind, make, text in (("rocket", "sketch", edge_sketch, None), ("chelsea", "lowres", low_res, None),
-                                   ("motorcycle_left", "sketch+text", edge_sketch, "a red motorcycle")):
-        item = by_id.get(name)
-        if item is None:
-            continue
-        path = out_dir / f"{name}-{kind.split('+')[0]}.png"
+    Raises ValueError for a malformed manifest and FileNotFoundError for a listed file that is missing."""
+    examples = [ExampleQuery(t, None, "text", t, "") for t in TEXT_EXAMPLES]
+    folder = Path(assets_dir) / "examples"
+    manifest = folder / "examples.json"
+    try:
+        rows = json.loads(manifest.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{manifest}: not valid JSON ({e})") from e
+    if not isinstance(rows, list):
+        raise ValueError(f"{manifest}: expected a list of examples")
+    for n, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get("file"), str) or row.get("kind") not in KINDS[1:]:
+            raise ValueError(f"{manifest}: entry {n} needs a 'file' and a 'kind' in {KINDS[1:]}")
+        path = folder / row["file"]
         if not path.is_file():
-            tmp = path.with_suffix(".tmp.png")
-            make(load_image(item.path)).save(tmp)
-            tmp.replace(path)
-        examples.append(ExampleQuery(text, path, kind))
+            raise FileNotFoundError(f"{manifest}: entry {n} lists {row['file']}, which does not exist")
+        text = (row.get("text") or "").strip() or None
+        examples.append(ExampleQuery(text, path, row["kind"], row.get("caption") or row["file"],
+                                     row.get("provenance") or ""))
     return examples
+
+
+def make_examples(items: object = None, out_dir: object = None) -> list[ExampleQuery]:
+    """Deprecated (the examples no longer depend on the gallery): `load_examples()`; arguments are ignored."""
+    return load_examples()
