@@ -4,7 +4,8 @@
     python -m search eval /tmp/coco-degraded --ranking aligned
 
 Each gallery photo keeps its row and gains `--copies` degraded copies (JPEG, quality 95), drawn per photo
-from search.degradations (held-out ones by default: types the lite scorer never saw). A copy's row has
+from search.degradations (held-out ones by default: types the lite scorer never saw; `--set dev`: the
+training types search/train_align.py holds out as dev, for benchmarks built from `train` photos). A copy's row has
 `degraded_from` (its original's id) and `degradation`; every query's relevant list gains the copies of its
 relevant photos, so R@10 counts an original or its copy, and the evaluator reports `orig@10`, the share
 of originals in the top 10.
@@ -24,9 +25,12 @@ import numpy as np  # noqa: E402
 
 from search.degradations import HELD_OUT_DEGRADATIONS, TRAIN_DEGRADATIONS  # noqa: E402
 from search.images import load_image  # noqa: E402
+from search.train_align import DEV_DEGRADATION_TYPES  # noqa: E402
 
+# "dev": the training types search/train_align.py holds out as its dev split (for choosing on train photos)
 SETS = {"held_out": HELD_OUT_DEGRADATIONS, "train": TRAIN_DEGRADATIONS,
-        "all": HELD_OUT_DEGRADATIONS + TRAIN_DEGRADATIONS}
+        "all": HELD_OUT_DEGRADATIONS + TRAIN_DEGRADATIONS,
+        "dev": tuple(d for d in TRAIN_DEGRADATIONS if d.name in DEV_DEGRADATION_TYPES)}
 
 
 def rows(path: Path) -> list[dict]:

@@ -1,11 +1,14 @@
 """Named rankings: how query vectors become ranked gallery hits.
 
 * `baseline`: plain kNN by cosine similarity, the single-stage ranking of the encoder.
-* `aligned`: the aesthetic re-ranking of arXiv 2406.09397 / clip-retrieval: top-K candidates by
-  relevance, re-scored by relevance and aesthetic score (each min-max normalised over the candidates,
-  mixed by the weight lambda), near-duplicates (cosine >= 0.94, clip-retrieval's threshold) pushed out
-  of the top, then the rest of the gallery in baseline order so a full ranking stays complete.
-  Its query text is rephrased by the engine before encoding (see search/rephrase.py).
+* `aligned`: aesthetics order relevant images and never lift irrelevant ones. The top-K candidates by
+  relevance are re-scored by relevance + lambda * margin * aesthetic percentile (the image's rank among the
+  gallery's aesthetic scores, 0..1), so a candidate can pass a more relevant one only if their relevance
+  differs by less than lambda * margin (a per-encoder constant chosen on train data, `CALIBRATIONS`).
+  Near-duplicates (cosine >= the encoder's calibrated threshold: versions of one picture) are collapsed to
+  their best-looking version, which takes the group's place. Then the rest of the gallery in baseline order
+  so a full ranking stays complete. Its query text is rephrased by the engine before encoding
+  (see search/rephrase.py). Method and dev/test figures: docs/aligned_ranking.md.
 * `shift`: clip-retrieval's "aesthetic query shift": the query vector moved toward the direction of
   beautiful images (here, of the gallery's best-scored images), then plain kNN.
 
@@ -13,6 +16,7 @@ Re-scoring, de-duplication and shifting are pure functions over typed hits and a
 """
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -23,12 +27,30 @@ from .types import Hit
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """Per-encoder constants of the aligned ranking, chosen on `train` data only (benchmarks/aligned_dev.py)."""
+
+    margin: float            # relevance (cosine) margin at aesthetic_weight 1: aesthetics never bridge a wider gap
+    dedup_threshold: float   # cosine at which two gallery images are versions of one photo
+
+
+# `lite`: margin chosen on the dev benchmarks (ImageNet / Sketchy train classes, plain and with copies of the
+# dev degradation types); threshold: 1 % of train photos have a distinct photo that close (docs/aligned_ranking.md)
+CALIBRATIONS: dict[str, Calibration] = {
+    "lite": Calibration(margin=0.06, dedup_threshold=0.80),
+}
+DEFAULT_CALIBRATION = Calibration(margin=0.06, dedup_threshold=0.94)  # 0.94: clip-retrieval's CLIP threshold
+
+
+@dataclass(frozen=True)
 class RankSettings:
     k: int = 12                       # hits wanted per query
-    aesthetic_weight: float = 0.5     # lambda: share of the aesthetic score in the aligned score (0..1)
+    aesthetic_weight: float = 0.5     # lambda (0..1): aesthetics may lift a candidate over a more relevant one
+    #                                   only if their relevance differs by less than lambda * margin
     candidates: int = 100             # K: how many relevance candidates the aligned ranking re-scores
-    dedup: bool = True                # push near-duplicates of better-ranked hits out of the top
-    dedup_threshold: float = 0.94     # cosine similarity at which two gallery images are near-duplicates
+    dedup: bool = True                # near-duplicates: the best-looking version takes the group's first place
+    dedup_threshold: float | None = None  # cosine at which two gallery images are near-duplicates (None: calibrated)
+    margin: float | None = None       # relevance margin at lambda 1, in cosine units (None: the encoder's calibrated one)
     shift: float = 0.3                # `shift` ranking: step toward the aesthetic direction
     expand: int = 5                   # image queries: alpha-QE over this many top gallery vectors (0: off)
     expand_alpha: float = 3.0         # their weight is similarity ** alpha
@@ -40,6 +62,8 @@ class RankSettings:
             raise ValueError(f"aesthetic_weight must be in 0..1, got {self.aesthetic_weight}")
         if self.expand < 0 or self.expand_alpha < 0:
             raise ValueError(f"expand and expand_alpha must be >= 0, got {self.expand}, {self.expand_alpha}")
+        if self.margin is not None and self.margin < 0:
+            raise ValueError(f"margin must be >= 0, got {self.margin}")
 
 
 Ranking = Callable[[np.ndarray, GalleryIndex, RankSettings], list[list[Hit]]]
@@ -61,39 +85,65 @@ def expand_queries(vectors: np.ndarray, gallery: GalleryIndex, k: int, alpha: fl
 
 
 # ---------------------------------------------------------------- pure functions over hits
-def minmax(values: Sequence[float | None]) -> np.ndarray:
-    """Scale to 0..1 over the list; missing values (None) sit at the middle, a constant list at 0.5."""
-    x = np.array([np.nan if v is None else v for v in values], np.float64)
-    if len(x) == 0 or np.all(np.isnan(x)):
-        return np.full(len(x), 0.5)
-    lo, hi = np.nanmin(x), np.nanmax(x)
-    out = (x - lo) / (hi - lo) if hi > lo else np.full(len(x), 0.5)
-    return np.where(np.isnan(out), 0.5, out)
-
-
 def renumber(hits: Sequence[Hit]) -> list[Hit]:
     return [replace(h, rank=n) for n, h in enumerate(hits, start=1)]
 
 
-def rescore(hits: Sequence[Hit], aesthetic_weight: float) -> list[Hit]:
-    """Hits re-ranked by (1 - w) * relevance + w * aesthetic, both min-max normalised over `hits`."""
-    rel = [h.score if h.relevance is None else h.relevance for h in hits]
-    combined = (1 - aesthetic_weight) * minmax(rel) + aesthetic_weight * minmax([h.item.aesthetic for h in hits])
+def relevance_of(hit: Hit) -> float:
+    return hit.score if hit.relevance is None else hit.relevance
+
+
+def percentiles(scores: Sequence[float | None]) -> np.ndarray:
+    """Each score's mid-rank percentile among the scores (0 = worst, 1 = best); missing (None) and a lone
+    score sit at 0.5. A scale-free aesthetic: any scorer's units become the same 0..1."""
+    x = np.array([np.nan if v is None else v for v in scores], np.float64)
+    known = np.sort(x[~np.isnan(x)])
+    out = np.full(len(x), 0.5)
+    if len(known) > 1:
+        ok = ~np.isnan(x)
+        lo, hi = np.searchsorted(known, x[ok], "left"), np.searchsorted(known, x[ok], "right")
+        out[ok] = ((lo + hi - 1) / 2) / (len(known) - 1)
+    return out
+
+
+def margin_rescore(hits: Sequence[Hit], quality: Sequence[float], margin: float) -> list[Hit]:
+    """Hits re-ranked by relevance + margin * quality, `quality` in 0..1 (e.g. the gallery percentile of the
+    aesthetic score). Aesthetics order hits whose relevance is within `margin` of each other and can never
+    lift a hit above one more than `margin` more relevant (ties keep the relevance order)."""
+    rel = np.array([relevance_of(h) for h in hits], np.float64)
+    combined = rel + margin * np.clip(np.asarray(quality, np.float64), 0.0, 1.0)
     order = np.argsort(-combined, kind="stable")
-    return renumber([replace(hits[i], score=float(combined[i]), relevance=rel[i]) for i in order])
+    return renumber([replace(hits[i], score=float(combined[i]), relevance=float(rel[i])) for i in order])
 
 
-def demote_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, threshold: float = 0.94) -> list[Hit]:
-    """Keep order, but move every hit whose vector is within `threshold` cosine of a better-ranked
-    kept hit to the end (so a top-k shows no near-duplicates and a full ranking loses nothing)."""
+def collapse_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, quality: Sequence[float],
+                             threshold: float) -> list[Hit]:
+    """Near-duplicates (cosine >= `threshold`) are versions of one picture: in order, each hit not yet grouped
+    opens a group with every later ungrouped hit that close to it; the group's best-looking version (highest
+    `quality`; the earliest on ties) takes the group's place and the others go to the end (a top-k shows one
+    version of each picture, the best one, and a full ranking loses nothing)."""
     if len(hits) == 0:
         return []
     sims = vectors @ vectors.T
+    quality = np.asarray(quality, np.float64)
+    grouped = np.zeros(len(hits), bool)
     kept: list[int] = []
     dropped: list[int] = []
     for i in range(len(hits)):
-        (dropped if kept and sims[i, kept].max() >= threshold else kept).append(i)
-    return renumber([hits[i] for i in kept + dropped])
+        if grouped[i]:
+            continue
+        group = [i] + [j for j in range(i + 1, len(hits)) if not grouped[j] and sims[i, j] >= threshold]
+        grouped[group] = True
+        best = max(group, key=lambda j: (quality[j], -j))
+        kept.append(best)
+        dropped += [j for j in group if j != best]
+    return renumber([hits[i] for i in kept + sorted(dropped)])
+
+
+def demote_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, threshold: float = 0.94) -> list[Hit]:
+    """Keep order, but move every hit within `threshold` cosine of a better-ranked kept hit to the end
+    (`collapse_near_duplicates` with no aesthetic preference)."""
+    return collapse_near_duplicates(hits, vectors, np.zeros(len(hits)), threshold)
 
 
 def shift_query(query_vecs: np.ndarray, direction: np.ndarray, step: float) -> np.ndarray:
@@ -116,15 +166,41 @@ def baseline(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSettin
     return gallery.search(query_vecs, settings.k)
 
 
+def calibration(gallery: GalleryIndex) -> Calibration:
+    """The aligned ranking's constants for the encoder that built `gallery` (a `HubCorrected` view included)."""
+    meta = getattr(getattr(gallery, "gallery", gallery), "meta", None)
+    return CALIBRATIONS.get(getattr(meta, "encoder", None), DEFAULT_CALIBRATION)
+
+
+_PERCENTILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def aesthetic_percentiles(gallery: GalleryIndex) -> np.ndarray:
+    """(N,) each gallery image's aesthetic percentile within its gallery (0.5 where unscored); computed once."""
+    base = getattr(gallery, "gallery", gallery)
+    out = _PERCENTILES.get(base)
+    if out is None or len(out) != len(base):
+        out = percentiles([r.get("aesthetic") for r in base.rows])
+        _PERCENTILES[base] = out
+    return out
+
+
 def aligned(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSettings) -> list[list[Hit]]:
-    """Relevance candidates re-scored with aesthetics, near-duplicates demoted; then the rest in baseline order."""
+    """The top `candidates` by relevance, re-ranked by relevance + lambda * margin * aesthetic percentile (so
+    aesthetics only order candidates within lambda * margin of each other's relevance), near-duplicates
+    collapsed to their best-looking version; then the rest of the gallery in baseline order."""
+    cal = calibration(gallery)
+    margin = settings.aesthetic_weight * (cal.margin if settings.margin is None else settings.margin)
+    threshold = cal.dedup_threshold if settings.dedup_threshold is None else settings.dedup_threshold
+    quality = aesthetic_percentiles(gallery)
     pool = max(settings.k, settings.candidates)
     out = []
     for row in gallery.search(query_vecs, pool):
         head, tail = row[: settings.candidates], row[settings.candidates :]
-        head = rescore(head, settings.aesthetic_weight)
-        if settings.dedup:
-            head = demote_near_duplicates(head, gallery.vectors([h.row for h in head]), settings.dedup_threshold)
+        head = margin_rescore(head, quality[[h.row for h in head]], margin)
+        if settings.dedup and head:
+            rows = [h.row for h in head]
+            head = collapse_near_duplicates(head, gallery.vectors(rows), quality[rows], threshold)
         out.append(renumber([*head, *tail])[: settings.k])
     return out
 

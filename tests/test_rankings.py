@@ -8,19 +8,25 @@ import pytest
 
 from models import get_encoder
 from search.gallery_index import write_index
+from search.engine import SearchEngine
+from search.examples import make_examples
+from search.gallery import default_gallery
 from search.rankings import (
+    CALIBRATIONS,
     RankSettings,
     aesthetic_direction,
     aligned,
     baseline,
+    collapse_near_duplicates,
     demote_near_duplicates,
     expand_queries,
     get_ranking,
-    minmax,
-    rescore,
+    margin_rescore,
+    percentiles,
     shift,
     shift_query,
 )
+from search.types import Query
 from search.types import GalleryItem, Hit
 
 
@@ -32,23 +38,56 @@ def hit(i: int, score: float, aesthetic: float | None) -> Hit:
     return Hit(GalleryItem(f"g{i}", Path(f"/x/{i}.jpg"), aesthetic=aesthetic), score, i + 1, i, score)
 
 
-def test_minmax_scales_to_unit_range_and_centres_missing_values() -> None:
-    assert minmax([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
-    assert minmax([1.0, None, 3.0]).tolist() == [0.0, 0.5, 1.0]
-    assert minmax([5.0, 5.0]).tolist() == [0.5, 0.5]
-    assert minmax([None, None]).tolist() == [0.5, 0.5]
+def test_percentiles_are_scale_free_and_centre_missing_values() -> None:
+    assert percentiles([2.0, 4.0, 3.0]).tolist() == [0.0, 1.0, 0.5]
+    assert percentiles([20.0, 400.0, 30.0]).tolist() == [0.0, 1.0, 0.5]      # any scorer's units
+    assert percentiles([1.0, None, 3.0]).tolist() == [0.0, 0.5, 1.0]
+    assert percentiles([5.0, 5.0, 1.0]).tolist() == [0.75, 0.75, 0.0]         # ties share their mid-rank
+    assert percentiles([None, None]).tolist() == [0.5, 0.5]
+    assert percentiles([7.0]).tolist() == [0.5]
 
 
-def test_rescore_trades_relevance_for_aesthetics_by_the_weight() -> None:
-    hits = [hit(0, 0.9, 1.0), hit(1, 0.8, 9.0), hit(2, 0.1, 10.0)]
-    assert [h.item.id for h in rescore(hits, 0.0)] == ["g0", "g1", "g2"]   # relevance only
-    assert [h.item.id for h in rescore(hits, 1.0)] == ["g2", "g1", "g0"]   # aesthetics only
-    mixed = rescore(hits, 0.5)
-    # g1: 0.5 * (0.7/0.8) + 0.5 * (8/9) is the best mix; g0 and g2 tie at 0.5 and keep their order
-    assert [h.item.id for h in mixed] == ["g1", "g0", "g2"]
-    assert [h.rank for h in mixed] == [1, 2, 3]
-    assert mixed[0].relevance == pytest.approx(0.8)
-    assert mixed[0].score == pytest.approx(0.5 * 0.7 / 0.8 + 0.5 * 8 / 9)
+def test_margin_rescore_orders_near_ties_by_aesthetics_only() -> None:
+    hits = [hit(0, 0.90, None), hit(1, 0.88, None), hit(2, 0.50, None)]
+    quality = [0.0, 1.0, 1.0]
+    assert [h.item.id for h in margin_rescore(hits, quality, 0.0)] == ["g0", "g1", "g2"]  # relevance only
+    out = margin_rescore(hits, quality, 0.05)
+    assert [h.item.id for h in out] == ["g1", "g0", "g2"]   # 0.02 apart: the better-looking first
+    assert [h.rank for h in out] == [1, 2, 3]
+    assert out[0].relevance == pytest.approx(0.88) and out[0].score == pytest.approx(0.93)
+    # g2 is 0.40 below g0: no margin under that lifts it, however good it looks
+    assert [h.item.id for h in margin_rescore(hits, quality, 0.39)][-1] == "g2"
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_an_irrelevant_beautiful_candidate_outside_the_margin_is_never_lifted(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rel = rng.uniform(0, 1, 60)
+    quality = rng.uniform(0, 1, 60)
+    margin = float(rng.uniform(0.01, 0.3))
+    out = margin_rescore([hit(i, float(r), None) for i, r in enumerate(rel)], quality, margin)
+    pos = {h.row: n for n, h in enumerate(out)}
+    for i in range(60):
+        for j in range(60):
+            if rel[i] - rel[j] >= margin:          # i clearly more relevant: j never comes first
+                assert pos[i] < pos[j], (i, j)
+    # the gallery's prettiest image, far less relevant than the best match, stays below it
+    hits = [hit(0, 0.60, None), hit(1, 0.30, None), hit(2, 0.29, None)]
+    assert [h.item.id for h in margin_rescore(hits, [0.0, 0.5, 1.0], 0.3)][0] == "g0"
+
+
+def test_near_duplicates_collapse_to_their_best_looking_version() -> None:
+    rng = np.random.default_rng(0)
+    a, b = unit(rng.standard_normal(16)), unit(rng.standard_normal(16))
+    near_a = unit(a + 0.05 * rng.standard_normal(16))
+    vectors = np.stack([a, b, near_a])
+    hits = [hit(0, 0.9, None), hit(1, 0.8, None), hit(2, 0.7, None)]
+    # g2 is a better-looking version of g0: it takes g0's place, g0 goes to the end
+    out = collapse_near_duplicates(hits, vectors, [0.1, 0.5, 0.9], 0.94)
+    assert [h.item.id for h in out] == ["g2", "g1", "g0"]
+    assert [h.rank for h in out] == [1, 2, 3]
+    # distinct pictures are never swapped, however they look
+    assert [h.item.id for h in collapse_near_duplicates(hits, vectors, [0.1, 0.9, 0.0], 0.94)] == ["g0", "g1", "g2"]
 
 
 def test_near_duplicates_are_moved_behind_the_rest_not_lost() -> None:
@@ -99,25 +138,58 @@ def test_aligned_ranking_matches_a_numpy_oracle(scored_index) -> None:
     index, vectors, scores = scored_index
     rng = np.random.default_rng(4)
     queries = unit(vectors[:5] + 0.5 * rng.standard_normal(vectors[:5].shape))
-    settings = RankSettings(k=10, aesthetic_weight=0.3, candidates=50, dedup=False)
+    settings = RankSettings(k=10, aesthetic_weight=0.5, margin=0.1, candidates=50, dedup=False)
     got = aligned(queries, index, settings)
+    pct = (np.argsort(np.argsort(scores)) / (len(scores) - 1))   # distinct scores: rank / (N - 1)
     for q, row in zip(queries, got):
         sims = vectors @ q
         cand = np.argsort(-sims, kind="stable")[:50]
-        rel = (sims[cand] - sims[cand].min()) / (sims[cand].max() - sims[cand].min())
-        aes = (scores[cand] - scores[cand].min()) / (scores[cand].max() - scores[cand].min())
-        want = cand[np.argsort(-(0.7 * rel + 0.3 * aes), kind="stable")][:10]
+        want = cand[np.argsort(-(sims[cand] + 0.05 * pct[cand]), kind="stable")][:10]
         assert [h.row for h in row] == want.tolist()
         assert [h.rank for h in row] == list(range(1, 11))
 
 
-def test_aligned_raises_the_aesthetics_of_the_top_and_baseline_ignores_them(scored_index) -> None:
+def test_aligned_raises_the_aesthetics_of_near_ties_and_keeps_the_clear_match_first(scored_index) -> None:
     index, vectors, scores = scored_index
     queries = vectors[:20]
     base = baseline(queries, index, RankSettings(k=10))
-    al = aligned(queries, index, RankSettings(k=10, aesthetic_weight=0.7))
-    assert np.mean([h.item.aesthetic for r in al for h in r]) > np.mean([h.item.aesthetic for r in base for h in r]) + 1
+    al = aligned(queries, index, RankSettings(k=10, aesthetic_weight=1.0, margin=0.2))
+    assert np.mean([h.item.aesthetic for r in al for h in r[1:]]) > np.mean([h.item.aesthetic for r in base for h in r[1:]]) + 1
     assert all(r[0].item.id == f"g{i}" for i, r in enumerate(base))  # each vector finds itself first
+    assert all(r[0].item.id == f"g{i}" for i, r in enumerate(al))    # ... on the aligned side too
+
+
+def test_the_encoder_calibration_applies_unless_settings_override_it(scored_index) -> None:
+    index, vectors, _ = scored_index
+    assert index.meta.encoder in CALIBRATIONS
+    q = vectors[:3]
+    default = aligned(q, index, RankSettings(k=10))
+    explicit = aligned(q, index, RankSettings(k=10, margin=CALIBRATIONS["lite"].margin,
+                                              dedup_threshold=CALIBRATIONS["lite"].dedup_threshold))
+    assert [[h.row for h in r] for r in default] == [[h.row for h in r] for r in explicit]
+    with pytest.raises(ValueError, match="margin must be >= 0"):
+        RankSettings(margin=-0.1)
+
+
+@pytest.fixture(scope="module")
+def package_engine(tmp_path_factory: pytest.TempPathFactory) -> SearchEngine:
+    """The app's default gallery (package photos), real `lite` vectors and `lite-quality` scores."""
+    folder = tmp_path_factory.mktemp("package")
+    engine, _ = SearchEngine.build(default_gallery(), "lite", folder / "index", cache_dir=folder)
+    return engine
+
+
+def test_the_aligned_side_keeps_a_relevant_first_image_on_the_default_gallery(package_engine, tmp_path: Path) -> None:
+    texts = [e.text for e in make_examples(package_engine.items, tmp_path) if e.kind == "text"]
+    assert texts == ["a cat", "a cup of coffee", "a rocket launch"]
+    for text in texts:
+        c = package_engine.compare(Query(text=text), RankSettings(k=12))
+        base, al = [h.item.id for h in c.baseline], [h.item.id for h in c.aligned]
+        assert al[0] in base[:3], (text, base[:3], al[:3])
+    cat = package_engine.compare(Query(text="a cat"), RankSettings(k=12))
+    assert cat.aligned[0].item.id == "skimage/chelsea"
+    textures = {"skimage/grass", "skimage/gravel", "skimage/color", "skimage/brick"}
+    assert not textures & {h.item.id for h in cat.aligned[:3]}, [h.item.id for h in cat.aligned[:3]]
 
 
 def test_shift_ranking_needs_scores_and_uses_them(scored_index, tmp_path: Path) -> None:

@@ -1,0 +1,199 @@
+"""Choosing the aligned ranking's constants on `train` data only (docs/aligned_ranking.md).
+
+    python benchmarks/aligned_dev.py make /tmp/aligned-dev [--data ../shared/data]
+    python benchmarks/aligned_dev.py dedup /tmp/aligned-dev            # the near-duplicate threshold
+    python benchmarks/aligned_dev.py sweep /tmp/aligned-dev [--csv OUT] # baseline vs aligned per setting
+
+`make` writes four benchmark folders in the shared format from `train` items only:
+* `imagenet-dev`: the 801 ImageNet train photos; one "a photo of a {class}" query each (instance level,
+  like `imagenet-classes`);
+* `sketchy-dev`: 5 Sketchy train photos per class; each class in two phrasings (class level);
+* each again `+copies`: one degraded copy per photo, drawn from the dev degradation types
+  (search/train_align.py DEV_DEGRADATION_TYPES, benchmarks/degraded_gallery.py `--set dev`).
+`dedup` picks the threshold at which 1 % of the train photos have a distinct photo that close (and says how
+many of their degraded copies it catches); `sweep` runs the same code as `python -m search eval` (the
+index is cached under the same name) for each margin and threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import random
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT_ROOT))
+
+import numpy as np  # noqa: E402
+
+from degraded_gallery import SETS, make as make_degraded  # noqa: E402
+from search.train_align import PHRASES  # noqa: E402
+
+DEV = ("imagenet-dev", "sketchy-dev")
+
+
+def _items(data: Path, ds: str) -> list[dict]:
+    rows = [json.loads(line) for line in (data / ds / "items.jsonl").read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("split") == "train" and r.get("style") == "photo"]
+
+
+def _write(out: Path, gallery: list[dict], queries: list[dict]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "gallery.jsonl").write_text("".join(json.dumps(r) + "\n" for r in gallery))
+    (out / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+
+
+def make(out: Path, data: Path, seed: int = 0) -> None:
+    data = data.resolve()
+    # imagenet-dev
+    rows = _items(data, "imagenet")
+    folder = out / "imagenet-dev"
+    folder.mkdir(parents=True, exist_ok=True)
+    gallery = [{"id": r["id"], "path": os.path.relpath(data / "imagenet" / r["path"], folder), "label": r["label"],
+                "style": "photo"} for r in rows]
+    queries = [{"id": f"{r['id']}#name", "style": "text", "text": f"a photo of a {r['label']}", "relevant": [r["id"]]}
+               for r in rows]
+    _write(folder, gallery, queries)
+    # sketchy-dev
+    rng = random.Random(seed)
+    by_class: dict[str, list[dict]] = {}
+    for r in _items(data, "sketchy"):
+        by_class.setdefault(r["label"], []).append(r)
+    folder = out / "sketchy-dev"
+    folder.mkdir(parents=True, exist_ok=True)
+    gallery, queries = [], []
+    for label, members in sorted(by_class.items()):
+        picked = rng.sample(members, min(5, len(members)))
+        gallery += [{"id": r["id"], "path": os.path.relpath(data / "sketchy" / r["path"], folder), "label": label,
+                     "style": "photo"} for r in picked]
+        word = label.replace("_", " ")
+        for n, phrase in enumerate(rng.sample(PHRASES, 2)):
+            queries.append({"id": f"sketchy/{label}#{n}", "style": "text", "text": phrase.format(word),
+                            "relevant": [r["id"] for r in picked]})
+    _write(folder, gallery, queries)
+    for name in DEV:
+        n_g, n_q = make_degraded(out / name, out / f"{name}+copies", 1, SETS["dev"], seed)
+        print(f"{out / name}+copies: {n_g} gallery images, {n_q} queries")
+
+
+def prepared(bench_dir: Path, encoder: str = "lite"):
+    """What `search.evaluate.evaluate` builds before ranking: (bench, queries, baseline vectors, rephrased
+    vectors, style mixtures, index, problems, encoder)."""
+    from models import get_encoder
+    from models.aesthetic import scorer_for
+    from search.benchmark import load_benchmark
+    from search.config import CACHE_DIR
+    from search.engine import cache_index_dir
+    from search.evaluate import _encode_queries
+    from search.gallery_index import build_index
+    from search.index import IndexSpec
+    from search.rephrase import create_rephraser, rephrase
+
+    bench = load_benchmark(bench_dir)
+    enc = get_encoder(encoder)
+    scorer = scorer_for(enc)
+    index_dir = cache_index_dir(CACHE_DIR, f"bench-{bench.root.resolve()}-{scorer.name}", enc)
+    gallery, report = build_index(bench.gallery, index_dir, enc, spec=IndexSpec("Flat"), source=str(bench.root),
+                                  scorer=scorer)
+    queries, qvecs, probs, problems = _encode_queries(bench, enc, gallery, report.skipped, True)
+    texts = [i for i, q in enumerate(queries) if q.text is not None]
+    rvecs = qvecs.copy()
+    if texts:
+        r = create_rephraser("template")
+        rvecs[texts] = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
+    return bench, queries, qvecs, rvecs, probs, gallery, problems, enc
+
+
+def metrics(prep, ranking: str, settings) -> dict[str, float]:
+    from search.evaluate import _score
+
+    bench, queries, qvecs, rvecs, probs, gallery, problems, enc = prep
+    vecs = qvecs if ranking == "baseline" else rvecs
+    return _score(bench, queries, vecs, probs, gallery, problems, enc, ranking, settings, True).overall
+
+
+def dedup_threshold(out: Path, share: float = 0.01) -> None:
+    """Nearest distinct photo vs own degraded copy, over the dev galleries with copies."""
+    distinct, copies = [], []
+    for name in DEV:
+        prep = prepared(out / f"{name}+copies")
+        gallery = prep[5]
+        rows = list(gallery.rows)
+        vecs = gallery.vectors(list(range(len(rows))))
+        base = [r.get("degraded_from") or r["id"] for r in rows]
+        sims = vecs @ vecs.T
+        same = np.array(base)[:, None] == np.array(base)[None, :]
+        sims_distinct = np.where(same, -np.inf, sims)
+        orig = [i for i, r in enumerate(rows) if "degraded_from" not in r]
+        distinct += sims_distinct[orig].max(1).tolist()
+        row_of = {r["id"]: i for i, r in enumerate(rows)}
+        copies += [float(sims[i, row_of[r["degraded_from"]]]) for i, r in enumerate(rows) if "degraded_from" in r]
+    distinct, copies = np.array(distinct), np.array(copies)
+    t = float(np.quantile(distinct, 1 - share))
+    print(f"{len(distinct)} train photos: nearest distinct photo cosine median {np.median(distinct):.3f}, "
+          f"{100 * (1 - share):g}th percentile {t:.3f}")
+    print(f"{len(copies)} degraded copies: cosine to their original median {np.median(copies):.3f}; "
+          f"share >= {t:.3f}: {np.mean(copies >= t):.3f}, >= 0.94: {np.mean(copies >= 0.94):.3f}")
+
+
+def sweep(out: Path, margins: list[float], thresholds: list[float], weight: float, csv_out: str | None) -> None:
+    from search.rankings import RankSettings
+
+    table = []
+    for name in [*DEV, *(f"{n}+copies" for n in DEV)]:
+        prep = prepared(out / name)
+        k = 10
+        base = metrics(prep, "baseline", RankSettings(k=k))
+        table.append({"benchmark": name, "ranking": "baseline", "margin": "", "threshold": "", **base})
+        for t in thresholds:
+            for m in margins:
+                s = RankSettings(k=k, aesthetic_weight=weight, margin=m, dedup_threshold=t)
+                table.append({"benchmark": name, "ranking": "aligned", "margin": m, "threshold": t,
+                              **metrics(prep, "aligned", s)})
+        for row in table:
+            if row["benchmark"] == name:
+                print(f"{name:<22}{row['ranking']:<9}{row['margin']!s:>6}{row['threshold']!s:>6}  R@1 {row['R@1']:.3f}"
+                      f"  R@10 {row['R@10']:.3f}" + (f"  orig@10 {row['orig@10']:.3f}" if "orig@10" in row else ""),
+                      flush=True)
+    if csv_out:
+        keys = ["benchmark", "ranking", "margin", "threshold", "R@1", "R@5", "R@10", "orig@10", "aes@10", "n"]
+        with open(csv_out, "w", newline="") as f:
+            w = csv.DictWriter(f, keys, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("make")
+    p.add_argument("out")
+    p.add_argument("--data", default=str(PROJECT_ROOT.parent / "shared" / "data"))
+    p = sub.add_parser("dedup")
+    p.add_argument("out")
+    p = sub.add_parser("sweep")
+    p.add_argument("out")
+    p.add_argument("--margins", default="0,0.02,0.04,0.06,0.08,0.12,0.16")
+    p.add_argument("--thresholds", default="0.94")
+    p.add_argument("--weight", type=float, default=0.5, help="aesthetic_weight (lambda), the app's default")
+    p.add_argument("--csv")
+    args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)
+    if args.cmd == "make":
+        make(Path(args.out), Path(args.data))
+    elif args.cmd == "dedup":
+        dedup_threshold(Path(args.out))
+    else:
+        sweep(Path(args.out), [float(x) for x in args.margins.split(",")],
+              [float(x) for x in args.thresholds.split(",")], args.weight, args.csv)
+
+
+if __name__ == "__main__":
+    main()
