@@ -26,6 +26,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _index(args: argparse.Namespace) -> int:
     from models import get_encoder
+    from models.safety import as_safety_filter
 
     from .engine import make_scorer
     from .gallery import read_source
@@ -38,7 +39,7 @@ def _index(args: argparse.Namespace) -> int:
     encoder = get_encoder(args.encoder)
     index, report = build_index(items, out, encoder, spec=spec, source=str(args.source), skipped=skipped,
                                 rebuild=args.rebuild, checkpoint_seconds=args.checkpoint_seconds,
-                                scorer=make_scorer(args.scorer, encoder))
+                                scorer=make_scorer(args.scorer, encoder), safety=as_safety_filter(args.safety))
     print(f"{out}: {len(index)} images · encoder {index.meta.fingerprint} · index {index.meta.factory}"
           f"{' ' + index.meta.params if index.meta.params else ''}"
           f"{f' · exact re-ranking of {index.meta.rerank}' if index.meta.rerank else ''}")
@@ -167,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="aesthetic scorer stored with each image: auto (fits the encoder), none, or a name")
     p.add_argument("--checkpoint-seconds", type=float, default=30.0,
                    help="save progress this often, so an interrupted run resumes (default %(default)s)")
+    p.add_argument("--safety", choices=["on", "off"], default="off",
+                   help="nudity filter (pip install nudenet): flagged images are kept but never returned by a "
+                        "search (default %(default)s; see docs/safety.md)")
     p.set_defaults(func=_index)
 
     p = sub.add_parser("query", help="search an index directory from the command line")

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from models.aesthetic import AestheticScorer
+    from models.safety import SafetyFilter
 
     from .rephrase import Rephraser, Rephrasing
 
@@ -60,25 +61,31 @@ class SearchEngine:
     @classmethod
     def build(cls, items: list[GalleryItem], encoder: str | Encoder = "lite", index_dir: str | Path | None = None,
               name: str = "gallery", skipped: list[Skipped] | None = None, cache_dir: str | Path = CACHE_DIR,
-              scorer: str | None = "auto") -> tuple[SearchEngine, BuildReport]:
+              scorer: str | None = "auto",
+              safety: SafetyFilter | bool | str | None = None) -> tuple[SearchEngine, BuildReport]:
         """Index `items` (incrementally) into `index_dir`, by default a folder of the cache named after them.
-        `scorer`: aesthetic scorer name, "auto" (the one that fits the encoder) or None."""
+        `scorer`: aesthetic scorer name, "auto" (the one that fits the encoder) or None.
+        `safety`: a SafetyFilter, "on"/True (the default filter) or None/"off"/False (none): flagged images
+        stay in the index but searches never return them (models/safety.py, docs/safety.md)."""
+        from models.safety import as_safety_filter
+
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         index_dir = index_dir or cache_index_dir(cache_dir, name, enc)
         gallery, report = build_index(items, index_dir, enc, source=name, skipped=skipped,
-                                      scorer=make_scorer(scorer, enc))
+                                      scorer=make_scorer(scorer, enc), safety=as_safety_filter(safety))
         for s in report.skipped:
             log.warning("gallery: skipped %s", s)
         return cls(enc, gallery), report
 
     @classmethod
     def from_source(cls, source: str | Path, encoder: str | Encoder = "lite", cache_dir: str | Path = CACHE_DIR,
-                    scorer: str | None = "auto") -> tuple[SearchEngine, BuildReport]:
+                    scorer: str | None = "auto",
+                    safety: SafetyFilter | bool | str | None = None) -> tuple[SearchEngine, BuildReport]:
         """A folder, manifest or zip, indexed under the cache (the same code as `python -m search index`)."""
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
         index_dir = cache_index_dir(cache_dir, str(Path(source).resolve()), enc)
         items, skipped = read_source(source, extract_to=index_dir / "files")
-        return cls.build(items, enc, index_dir, str(source), skipped, scorer=scorer)
+        return cls.build(items, enc, index_dir, str(source), skipped, scorer=scorer, safety=safety)
 
     def encode(self, query: Query, text: str | None = None, style: bool = True) -> EncodedQuery:
         """A query -> one unit vector. `text` replaces the query's text (e.g. its rephrasing); `style`

@@ -3,7 +3,8 @@
 Layout of INDEX_DIR:
     index.json          encoder fingerprint, index spec, dimension, count, and the current snapshot
     <snapshot>/         vectors.npy (float32, row i = item i), items.jsonl, faiss.index, skipped.jsonl,
-                        folders.json (the folders of the items' paths, so a server need not read every row)
+                        folders.json (the folders of the items' paths, so a server need not read every row),
+                        flagged.json (the rows a safety filter flagged: kept, never returned by a search)
     thumbs/             small JPEG previews, named by the image's identity
     partial/            vectors embedded by an unfinished run (resumed, then removed)
     index.log           what each run added, re-used, removed and skipped
@@ -21,6 +22,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +36,7 @@ from models import Encoder
 if TYPE_CHECKING:
     from models.aesthetic import AestheticScorer
     from models.query_bank import QueryBank
+    from models.safety import SafetyFilter
 
 from .images import iter_batches
 from .index import IndexSpec, VectorIndex, auto_spec
@@ -44,6 +47,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 META_FILE = "index.json"
 FOLDERS_FILE = "folders.json"
+FLAGGED_FILE = "flagged.json"
 THUMB_SIZE = 256
 
 
@@ -65,6 +69,7 @@ class IndexMeta:
     updated: str = ""
     version: int = FORMAT_VERSION
     scorer: str | None = None  # aesthetic scorer fingerprint, if images were scored
+    safety: str | None = None  # safety filter fingerprint, if images were checked (models/safety.py)
 
     @property
     def spec(self) -> IndexSpec:
@@ -78,11 +83,13 @@ class BuildReport:
     removed: int = 0          # images of the previous index no longer in the source
     skipped: list[Skipped] = field(default_factory=list)
     seconds: float = 0.0
+    flagged: int | None = None  # items the safety filter flagged (kept, hidden from search); None: no filter
 
     def summary(self) -> str:
         rate = f" ({self.added / self.seconds:.1f} images/s)" if self.added and self.seconds else ""
+        flagged = f", flagged {self.flagged} as unsafe (hidden)" if self.flagged is not None else ""
         lines = [f"added {self.added}{rate}, re-used {self.reused}, removed {self.removed}, "
-                 f"skipped {len(self.skipped)} in {self.seconds:.1f} s"]
+                 f"skipped {len(self.skipped)} in {self.seconds:.1f} s{flagged}"]
         lines += [f"  skipped {s}" for s in self.skipped]
         return "\n".join(lines)
 
@@ -118,29 +125,52 @@ class Rows(Sequence[dict]):
 
 
 class GalleryIndex:
-    """A loaded index directory: items, their vectors in a FAISS index, searchable by vector."""
+    """A loaded index directory: items, their vectors in a FAISS index, searchable by vector.
+
+    Rows a safety filter flagged stay in the index (with their reason in the row's "safety") but are never
+    returned: `index` is then a view of the FAISS index that leaves them out (`UnflaggedIndex`), so
+    `search` and anything else that searches `index` (query expansion) do not see them."""
 
     _direction: np.ndarray | None = None
     _rows_by_id: dict[str, int] | None = None
     _hub: tuple[QueryBank, np.ndarray] | None = None
 
     def __init__(self, root: Path, meta: IndexMeta, rows: Sequence[dict], index: VectorIndex,
-                 skipped: list[Skipped], dirs: list[str] | None = None) -> None:
+                 skipped: list[Skipped], dirs: list[str] | None = None, flagged: Sequence[int] = ()) -> None:
         """`dirs`: the folders of the rows' paths, as stored (relative to `root` or absolute); None: read
-        them from the rows."""
-        self.root, self.meta, self.rows, self.index, self.skipped = root, meta, rows, index, skipped
+        them from the rows. `flagged`: the rows a safety filter flagged (hidden from searches)."""
+        self.root, self.meta, self.rows, self.skipped = root, meta, rows, skipped
+        self.flagged_rows: frozenset[int] = frozenset(int(r) for r in flagged)
+        self.index: VectorIndex = UnflaggedIndex(index, self.flagged_rows) if self.flagged_rows else index
         self._dirs = dirs
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    @property
+    def flagged_count(self) -> int:
+        """How many items the safety filter flagged (kept in the index, never returned by a search)."""
+        return len(self.flagged_rows)
+
+    def is_flagged(self, row: int) -> bool:
+        return row in self.flagged_rows
+
+    def safety(self, row: int) -> str | None:
+        """Why the safety filter flagged this row, e.g. "nudity (FEMALE_BREAST_EXPOSED 0.81)"; None if not."""
+        return self.rows[row].get("safety") if row in self.flagged_rows else None
 
     def item(self, row: int) -> GalleryItem:
         return _item_from_row(self.rows[row], self.root)
 
     @property
     def items(self) -> list[GalleryItem]:
-        """Every item (built on demand: a 100k-image index loads faster without them)."""
+        """Every item, flagged ones too (built on demand: a 100k-image index loads faster without them)."""
         return [self.item(i) for i in range(len(self.rows))]
+
+    @property
+    def visible_items(self) -> list[GalleryItem]:
+        """The items a visitor may see: every item but those the safety filter flagged."""
+        return [self.item(i) for i in range(len(self.rows)) if i not in self.flagged_rows]
 
     def folders(self) -> list[str]:
         """The top-most folders holding the gallery's files (e.g. what a web server may serve)."""
@@ -171,10 +201,14 @@ class GalleryIndex:
                              f"{len(index)} indexed, {meta.count} expected); rebuild it")
         skipped = [Skipped(**json.loads(line)) for line in _lines(snap / "skipped.jsonl")]
         dirs = json.loads((snap / FOLDERS_FILE).read_text()) if (snap / FOLDERS_FILE).is_file() else None
-        return cls(root, meta, rows, index, skipped, dirs)  # an index written before folders.json: dirs None
+        flagged = json.loads((snap / FLAGGED_FILE).read_text()) if (snap / FLAGGED_FILE).is_file() else []
+        if any(not 0 <= r < len(rows) for r in flagged):
+            raise ValueError(f"{root}: {FLAGGED_FILE} names rows outside the index; rebuild it")
+        # an index written before folders.json: dirs None; before flagged.json: no filter ran, no flags
+        return cls(root, meta, rows, index, skipped, dirs, flagged)
 
     def search(self, query_vecs: np.ndarray, k: int) -> list[list[Hit]]:
-        """(Q, dim) unit vectors -> per query, the k best items as typed hits."""
+        """(Q, dim) unit vectors -> per query, the k best items as typed hits (never a flagged one)."""
         scores, rows = self.index.search(query_vecs, k)
         return [[Hit(self.item(r), float(s), n, int(r), float(s))
                  for n, (s, r) in enumerate(zip(srow, rrow), start=1) if r >= 0]
@@ -209,6 +243,43 @@ class GalleryIndex:
         return self._direction
 
 
+class UnflaggedIndex:
+    """A VectorIndex as seen by searches when some rows are flagged: `search` asks the index for more
+    neighbours than wanted and drops the flagged ones, so k rows still come back whenever the index finds
+    them (an approximate index may find fewer: then rows are padded with -1, as FAISS pads). Everything
+    else (`vectors`, `len`, `spec`, ...) is the wrapped index's."""
+
+    def __init__(self, index: VectorIndex, flagged: frozenset[int]) -> None:
+        self.inner = index
+        self.hidden = np.zeros(len(index), bool)
+        self.hidden[np.fromiter(flagged, np.int64, len(flagged))] = True
+        self.n_hidden = int(self.hidden.sum())
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """-> (scores, rows), each (Q, min(k, unflagged rows)); best first, no flagged row."""
+        n = len(self.inner)
+        k = max(0, min(k, n - self.n_hidden))
+        wide = min(n, k + min(self.n_hidden, max(k, 16)))  # a few flagged among the top: one search
+        while True:
+            scores, rows = self.inner.search(queries, wide)
+            keep = (rows >= 0) & ~self.hidden[np.clip(rows, 0, None)]
+            if wide >= n or bool(np.all(keep.sum(axis=1) >= k)):
+                break
+            wide = min(n, wide * 4)
+        out_scores = np.full((len(rows), k), -np.inf, np.float32)
+        out_rows = np.full((len(rows), k), -1, np.int64)
+        for i in range(len(rows)):
+            sel = np.flatnonzero(keep[i])[:k]
+            out_scores[i, : len(sel)], out_rows[i, : len(sel)] = scores[i, sel], rows[i, sel]
+        return out_scores, out_rows
+
+
 def read_meta(root: Path) -> IndexMeta | None:
     path = Path(root) / META_FILE
     if not path.is_file():
@@ -227,13 +298,17 @@ def check_encoder(meta: IndexMeta, encoder: Encoder, root: Path) -> None:
 def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, spec: IndexSpec | None = None,
                 source: str | None = None, skipped: list[Skipped] | None = None, rebuild: bool = False,
                 checkpoint_seconds: float = 30.0, progress: bool = True,
-                scorer: AestheticScorer | None = None) -> tuple[GalleryIndex, BuildReport]:
+                scorer: AestheticScorer | None = None,
+                safety: SafetyFilter | None = None) -> tuple[GalleryIndex, BuildReport]:
     """Create or update the index directory `out` for `items`: embed only new or changed files.
 
     `spec` None keeps the previous index's spec if it was chosen by hand, else picks one by size.
     `skipped` are entries the source already left out (they go into the summary and the log).
     `scorer` gives each image an aesthetic score (in the decoding threads); another scorer than the
     previous run's means a rebuild.
+    `safety` checks each image (in the decoding threads): a flagged item is kept, its row's "safety" says
+    why, and searches never return it. Re-runs with the same filter keep the flags of unchanged images;
+    with another filter, unchanged images are re-checked (not re-embedded); without one, no row is flagged.
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -246,29 +321,44 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
     if old is not None and old.scorer != scorer_id:
         log.info("%s: aesthetic scorer changed (%s -> %s): re-indexing every image", out, old.scorer, scorer_id)
         rebuild = True
+    safety_id = safety.fingerprint if safety else None
     prev_rows = [] if old is None or rebuild else _previous_rows(out, old)
     known = _previous_vectors(out, old, prev_rows) if prev_rows else {}
     partial = out / "partial"
-    known.update(_partial_vectors(partial, _partial_id(encoder, scorer)))
+    resumed = _partial_vectors(partial, _partial_id(encoder, scorer, safety))  # checked by this filter
+    known.update(resumed)
 
     ids = [_identity_or_none(it.path) for it in items]
     todo = [i for i, key in enumerate(ids) if key is not None and key not in known]
     report.skipped += [Skipped(str(items[i].path), "no such file") for i, key in enumerate(ids) if key is None]
     report.reused = sum(key is not None and key in known for key in ids)
-    fresh = _embed(items, ids, todo, encoder, out, partial, checkpoint_seconds, progress, report, scorer)
+    if safety is not None and prev_rows and old.safety != safety_id:  # kept images, not checked by this filter
+        recheck = [i for i, key in enumerate(ids) if key is not None and key in known and key not in resumed]
+        _recheck_safety(items, ids, recheck, known, safety, progress, report)
+    elif safety is None:
+        dropped = sum(info.get("safety") is not None for _, info in known.values())
+        if dropped:
+            log.warning("%s: indexing without a safety filter: %d flagged image(s) of the previous run are no "
+                        "longer hidden", out, dropped)
+        for _, info in known.values():
+            info["safety"] = None
+    fresh = _embed(items, ids, todo, encoder, out, partial, checkpoint_seconds, progress, report, scorer, safety)
     known.update(fresh)
     report.added = len(fresh)
 
     keep = [i for i, key in enumerate(ids) if key in known]
     report.removed = len({r["key"] for r in prev_rows} - {ids[i] for i in keep})
     rows = [_item_row(items[i], ids[i], known[ids[i]][1], out) for i in keep]
+    if safety is not None:
+        report.flagged = sum(r["safety"] is not None for r in rows)
     if spec is None:
         spec = old.spec if old is not None and not _is_auto(old) else auto_spec(len(keep), encoder.dim)
-    if old is not None and not rebuild and spec == old.spec and rows == prev_rows:
+    if (old is not None and not rebuild and spec == old.spec and old.safety == safety_id
+            and rows == prev_rows):
         index = GalleryIndex.load(out, encoder)  # nothing changed: keep the current snapshot
     else:
         vectors = np.stack([known[ids[i]][0] for i in keep]) if keep else np.zeros((0, encoder.dim), np.float32)
-        index = _commit(out, encoder, spec, vectors, rows, report.skipped, source, old, scorer_id)
+        index = _commit(out, encoder, spec, vectors, rows, report.skipped, source, old, scorer_id, safety_id)
     shutil.rmtree(partial, ignore_errors=True)
     report.seconds = time.perf_counter() - t0
     log.info("%s: %s", out, report.summary().splitlines()[0])
@@ -289,13 +379,14 @@ def write_index(out: str | Path, encoder: Encoder, items: list[GalleryItem], vec
                                              "aesthetic": it.aesthetic}, out)
             for it in items]
     return _commit(out, encoder, spec or auto_spec(len(items), encoder.dim), vectors, rows, [], source,
-                   read_meta(out), None)
+                   read_meta(out), None, None)
 
 
 # ---------------------------------------------------------------- embedding with checkpoints
 def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], encoder: Encoder, out: Path,
            partial: Path, checkpoint_seconds: float, progress: bool, report: BuildReport,
-           scorer: AestheticScorer | None = None) -> dict[str, tuple[np.ndarray, dict]]:
+           scorer: AestheticScorer | None = None,
+           safety: SafetyFilter | None = None) -> dict[str, tuple[np.ndarray, dict]]:
     """Embed items[todo]; every `checkpoint_seconds` the vectors so far go to `partial/` (resumable)."""
     fresh: dict[str, tuple[np.ndarray, dict]] = {}
     if not todo:
@@ -304,7 +395,7 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
     thumbs.mkdir(exist_ok=True)
     info: dict[int, dict] = {}
 
-    def on_image(pos: int, im) -> None:  # decoding thread: remember the size, write the thumbnail
+    def on_image(pos: int, im) -> None:  # decoding thread: remember the size, write the thumbnail, check
         key = ids[todo[pos]]
         thumb = thumbs / f"{_digest(key)}.jpg"
         if not thumb.is_file():
@@ -314,7 +405,8 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
             small.save(tmp, "JPEG", quality=85)
             os.replace(tmp, thumb)
         info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix(),
-                     "aesthetic": float(scorer.score_images([im])[0]) if scorer else None}
+                     "aesthetic": float(scorer.score_images([im])[0]) if scorer else None,
+                     "safety": _flag(safety, im)}
 
     pending: list[tuple[str, np.ndarray, dict]] = []
     last = time.monotonic()
@@ -327,16 +419,50 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
             report.skipped += [Skipped(str(paths[p]), reason) for p, reason in failed]
             bar.update(len(pos) + len(failed))
             if pending and time.monotonic() - last >= checkpoint_seconds:
-                _write_partial(partial, _partial_id(encoder, scorer), pending)
+                _write_partial(partial, _partial_id(encoder, scorer, safety), pending)
                 fresh.update((k, (v, m)) for k, v, m in pending)
                 pending, last = [], time.monotonic()
     fresh.update((k, (v, m)) for k, v, m in pending)
     return fresh
 
 
-def _partial_id(encoder: Encoder, scorer: AestheticScorer | None) -> str:
-    """What checkpointed vectors and scores depend on."""
-    return encoder.fingerprint + (f"+{scorer.fingerprint}" if scorer else "")
+def _partial_id(encoder: Encoder, scorer: AestheticScorer | None, safety: SafetyFilter | None = None) -> str:
+    """What checkpointed vectors, scores and safety flags depend on."""
+    return encoder.fingerprint + (f"+{scorer.fingerprint}" if scorer else "") + (
+        f"+safety:{safety.fingerprint}" if safety else "")
+
+
+def _flag(safety: SafetyFilter | None, im) -> str | None:
+    """A row's "safety": None (not flagged, or no filter) or why the filter flagged the image."""
+    return safety.check(im).reason if safety is not None else None
+
+
+def _recheck_safety(items: list[GalleryItem], ids: list[str | None], rows: list[int],
+                    known: dict[str, tuple[np.ndarray, dict]], safety: SafetyFilter, progress: bool,
+                    report: BuildReport) -> None:
+    """Check kept images with a filter that did not check them (their vectors stay): known[key]'s
+    "safety" is set; an image that can no longer be decoded is left out (skipped)."""
+    from .images import ImageLoadError, load_image
+
+    def check(i: int) -> tuple[int, str | None, str | None]:
+        try:
+            return i, _flag(safety, load_image(items[i].path)), None
+        except ImageLoadError as e:
+            return i, None, e.reason
+
+    if not rows:
+        return
+    log.info("safety filter changed (%s): checking %d kept image(s)", safety.fingerprint, len(rows))
+    with ThreadPoolExecutor(max_workers=2) as pool, \
+            tqdm(total=len(rows), desc="safety check", unit="img", disable=not progress) as bar:
+        for i, reason, failed in pool.map(check, rows):
+            if failed is None:
+                known[ids[i]][1]["safety"] = reason
+            else:
+                known.pop(ids[i])
+                report.reused -= 1
+                report.skipped.append(Skipped(str(items[i].path), failed))
+            bar.update(1)
 
 
 def _write_partial(partial: Path, fingerprint: str, pending: list[tuple[str, np.ndarray, dict]]) -> None:
@@ -368,7 +494,7 @@ def _partial_vectors(partial: Path, fingerprint: str) -> dict[str, tuple[np.ndar
 # ---------------------------------------------------------------- snapshots
 def _previous_vectors(out: Path, meta: IndexMeta, rows: list[dict]) -> dict[str, tuple[np.ndarray, dict]]:
     vectors = np.load(out / meta.snapshot / "vectors.npy", mmap_mode="r")
-    return {r["key"]: (v, {k: r.get(k) for k in ("width", "height", "thumbnail", "aesthetic")})
+    return {r["key"]: (v, {k: r.get(k) for k in ("width", "height", "thumbnail", "aesthetic", "safety")})
             for r, v in zip(rows, vectors)}
 
 
@@ -381,7 +507,8 @@ def _is_auto(meta: IndexMeta) -> bool:
 
 
 def _commit(out: Path, encoder: Encoder, spec: IndexSpec, vectors: np.ndarray, rows: list[dict],
-            skipped: list[Skipped], source: str | None, old: IndexMeta | None, scorer: str | None) -> GalleryIndex:
+            skipped: list[Skipped], source: str | None, old: IndexMeta | None, scorer: str | None,
+            safety: str | None) -> GalleryIndex:
     """Write a new snapshot, then point index.json at it (atomic rename), then drop older snapshots."""
     snapshot = f"snapshot-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
     snap = out / snapshot
@@ -390,11 +517,13 @@ def _commit(out: Path, encoder: Encoder, spec: IndexSpec, vectors: np.ndarray, r
     _write_lines(snap / "items.jsonl", [json.dumps(r, ensure_ascii=False) for r in rows])
     _write_lines(snap / "skipped.jsonl", [json.dumps(asdict(s), ensure_ascii=False) for s in skipped])
     (snap / FOLDERS_FILE).write_text(json.dumps(_dirs_of(rows), ensure_ascii=False) + "\n", encoding="utf-8")
+    flagged = [i for i, r in enumerate(rows) if r.get("safety") is not None]
+    (snap / FLAGGED_FILE).write_text(json.dumps(flagged) + "\n", encoding="utf-8")
     index = VectorIndex.build(vectors.astype(np.float32), spec) if len(vectors) else VectorIndex(encoder.dim, spec)
     index.save(snap / "faiss.index")
     meta = IndexMeta(encoder.name, encoder.fingerprint, spec.factory, spec.params, spec.rerank, encoder.dim,
                      len(rows), snapshot, source or (old.source if old else None),
-                     datetime.now(timezone.utc).isoformat(timespec="seconds"), scorer=scorer)
+                     datetime.now(timezone.utc).isoformat(timespec="seconds"), scorer=scorer, safety=safety)
     _fsync_dir(snap)
     tmp = out / f"{META_FILE}.tmp"
     tmp.write_text(json.dumps(asdict(meta), indent=2) + "\n")
@@ -418,7 +547,7 @@ def _fsync_dir(snap: Path) -> None:
 
 def _item_row(item: GalleryItem, key: str, info: dict, out: Path) -> dict:
     return {"id": item.id, "path": _relative_to(item.path, out), "key": key,
-            "bytes": int(key.rsplit("|", 2)[1]), "aesthetic": None, **info, "caption": item.caption,
+            "bytes": int(key.rsplit("|", 2)[1]), "aesthetic": None, "safety": None, **info, "caption": item.caption,
             "label": item.label, **({"extra": item.extra} if item.extra else {})}
 
 
