@@ -13,11 +13,14 @@ import gc
 import logging
 import os
 import random
+import re
+import sqlite3
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 # Importing gradio and torch creates ~0.5M objects that live as long as the process: the cyclic GC would scan
 # them ~10 times while they load (~1 s). It is off until they are imported, then they are frozen (see below).
@@ -35,14 +38,18 @@ os.environ.setdefault("MPLBACKEND", "agg")
 import gradio as gr  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from search.config import APP_VERSION, CACHE_DIR, DATA_DIR, DEFAULT_ENCODER, DEFAULT_TOP_K  # noqa: E402
-from search.engine import Comparison, SearchEngine  # noqa: E402
-from search.examples import make_examples  # noqa: E402
+from search import config  # noqa: E402
+from search.engine import SearchEngine  # noqa: E402
+from search.examples import ASSETS_DIR, load_examples  # noqa: E402
 from search.gallery import default_gallery  # noqa: E402
-from search.images import ImageLoadError, load_image  # noqa: E402
+from search.images import ImageLoadError, load_image, shrink, to_webp  # noqa: E402
+from search.limits import RateLimited, RateLimiter  # noqa: E402
 from search.rankings import RankSettings  # noqa: E402
 from search.types import Hit, Query  # noqa: E402
-from search.votes import CHOICES, RankedId, Vote, VoteStore  # noqa: E402
+from search.votes import CHOICES, ImageQuotaExceeded, RankedId, Vote, VoteStore  # noqa: E402
+
+if TYPE_CHECKING:
+    from models.safety import SafetyFilter
 
 if __name__ == "__main__":  # imported: later collections need not scan these modules' objects again
     gc.freeze()
@@ -58,23 +65,84 @@ CONSENT = ("Votes are stored to improve the aligned ranking: the query (text, or
 
 
 # ---------------------------------------------------------------- adapters: component values <-> domain objects
-@dataclass
+@dataclass(frozen=True)
 class Shown:
-    """What one session was shown for its last query (kept in gr.State until the vote)."""
+    """What one session was shown for its last query (kept in gr.State until the vote): small by design, the
+    query image only as the compact WebP that a vote stores."""
 
-    comparison: Comparison
+    session: str                             # made by the server (never the visitor's own session hash)
+    text: str | None                         # the query text, if any
+    image: bytes | None                      # the query image (WebP, <= config.QUERY_MAX_SIDE), if any
+    rephrased: str | None                    # what the aligned side searched with
+    style: str | None                        # detected style of the query image
+    baseline: tuple[Hit, ...]
+    aligned: tuple[Hit, ...]
     baseline_side: str                       # "A" or "B", hidden until the vote
     settings: dict                           # as searched
     voted: str | None = None                 # the choice, once voted
     vote_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     def side(self, name: str) -> tuple[Hit, ...]:
-        c = self.comparison
-        return c.baseline if (name == self.baseline_side) else c.aligned
+        return self.baseline if (name == self.baseline_side) else self.aligned
+
+
+class RequestError(ValueError):
+    """Something a visitor sent that cannot be served; its message is shown to them."""
+
+
+_SERVER_PATH = re.compile(r"(?:[A-Za-z]:)?(?:[/\\][^/\\\s'\"()]+)+[/\\]([^/\\\s'\"()]+)")
+
+
+def public_message(error: BaseException | str) -> str:
+    """An error's text with any absolute path cut to its file name (server paths are nobody's business)."""
+    return _SERVER_PATH.sub(r"\1", str(error))
+
+
+def user_error(error: BaseException | str) -> gr.Error:
+    return gr.Error(public_message(error), print_exception=False)
+
+
+def check_pixels(path: str | None, limit: int, what: str) -> None:
+    """RequestError if the image file's header says it has more than `limit` pixels (nothing is decoded)."""
+    if not path:
+        return
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return  # not an image: the loader says so with the file's name
+    if w * h > limit:
+        raise RequestError(f"{what} is {w}x{h} pixels, over the {limit:,} limit")
+
+
+class Sketchpad(gr.Sketchpad):
+    """gr.Sketchpad that checks the size of every image it is sent (composite, background, layers) from the
+    header, before Gradio decodes it: a canvas is at most config.SKETCH_MAX_PIXELS."""
+
+    is_template = True  # drawn by gr.Sketchpad's front end
+
+    def convert_and_format_image(self, file, flatten_on_white: bool = False):  # noqa: ANN001, ANN201 (Gradio's)
+        try:
+            check_pixels(getattr(file, "path", None), config.SKETCH_MAX_PIXELS, "the drawing")
+        except RequestError as e:
+            raise user_error(e) from e
+        if isinstance(file, (bytes, bytearray, memoryview)):
+            raise gr.Error("send the drawing as a file", print_exception=False)
+        return super().convert_and_format_image(file, flatten_on_white)
+
+
+class ImageUpload(gr.Image):
+    """gr.Image that hands over the uploaded file's path untouched: Gradio's own preprocessing would decode
+    (and re-save) any image, however large, before the app could check it; the app loads it, bounded."""
+
+    is_template = True  # drawn by gr.Image's front end
+
+    def preprocess(self, payload):  # noqa: ANN001, ANN201 (gr.Image's signature)
+        return None if payload is None else payload.path
 
 
 def sketch_image(value: dict | None) -> Image.Image | None:
-    """Sketchpad value -> its RGBA composite flattened onto white, or None if nothing was drawn."""
+    """Sketchpad value -> its RGBA composite flattened onto white and shrunk, or None if nothing was drawn."""
     composite = (value or {}).get("composite")
     if composite is None:
         return None
@@ -82,35 +150,26 @@ def sketch_image(value: dict | None) -> Image.Image | None:
     if rgba.getchannel("A").getextrema()[1] == 0:  # fully transparent: an untouched canvas
         return None
     white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
+    return shrink(Image.alpha_composite(white, rgba).convert("RGB"), config.QUERY_MAX_SIDE)
 
 
 def upload_image(path: str | None) -> Image.Image | None:
-    """An uploaded file, opened defensively (ImageLoadError says why a file cannot be used)."""
+    """An uploaded file, opened defensively and shrunk (ImageLoadError says why a file cannot be used)."""
     if not path:
         return None
     try:
-        return load_image(path)
+        return load_image(path, max_side=config.QUERY_MAX_SIDE)
     except ImageLoadError as e:  # name the visitor's file, not the server's temporary copy of it
         raise ImageLoadError(Path(path).name, e.reason) from e
 
 
-class ImageUpload(gr.Image):
-    """gr.Image whose undecodable upload is a clear message (Gradio's own check raises a generic error)."""
-
-    is_template = True  # drawn by gr.Image's front end
-
-    def preprocess(self, payload):  # noqa: ANN001, ANN201 (gr.Image's signature)
-        try:
-            return super().preprocess(payload)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            name = Path(getattr(payload, "orig_name", None) or "the upload").name
-            reason = str(e) if isinstance(e, Image.DecompressionBombError) else "not a readable image"
-            raise gr.Error(f"{name}: {reason}", print_exception=False) from e
-
-
 def to_query(text: str | None, sketch: dict | None, upload: str | None, source: str, text_weight: float) -> Query:
     """Component values -> a Query. `source` is the image tab in use ("Sketch" or "Upload")."""
+    if text is not None and not isinstance(text, str):
+        raise RequestError("the text must be a string")
+    if text and len(text) > config.MAX_TEXT_CHARS:
+        raise RequestError(f"the text is {len(text):,} characters long; at most {config.MAX_TEXT_CHARS:,} "
+                           "are searched")
     drawn, uploaded = sketch_image(sketch), upload_image(upload)
     image = drawn if source == "Sketch" else uploaded
     image = image or drawn or uploaded
@@ -129,34 +188,52 @@ def caption(hit: Hit, show_scores: bool) -> str:
 
 
 def to_gallery(hits: tuple[Hit, ...], show_scores: bool) -> list[tuple[str, str]]:
-    """Hits -> gr.Gallery value: (image file, caption) in rank order (thumbnails where indexed)."""
-    return [(str(h.item.thumbnail or h.item.path), caption(h, show_scores)) for h in hits]
+    """Hits -> gr.Gallery value: (thumbnail file, caption) in rank order (only thumbnails are ever served)."""
+    return [(str(h.item.thumbnail), caption(h, show_scores)) for h in hits]
 
 
-def describe(shown: Shown) -> str:
-    c = shown.comparison
-    parts = [f"**Query style:** {c.style}" if c.style else "**Query:** text"]
-    if c.rephrasing is not None:
-        parts.append(f"**Rephrased:** {c.rephrasing.rephrased} _({c.rephrasing.source})_")
-    parts.append(f"{len(c.baseline)} results per side in {c.seconds * 1000:.0f} ms")
+def describe(shown: Shown, seconds: float) -> str:
+    parts = [f"**Query style:** {shown.style}" if shown.style else "**Query:** text"]
+    if shown.rephrased is not None:
+        parts.append(f"**Rephrased:** {shown.rephrased}")
+    parts.append(f"{len(shown.baseline)} results per side in {seconds * 1000:.0f} ms")
     return " · ".join(parts)
 
 
-def to_vote(shown: Shown, choice: str, session: str, image_hash: str | None, engine: SearchEngine) -> Vote:
-    c = shown.comparison
-
+def to_vote(shown: Shown, choice: str, image_hash: str | None, engine: SearchEngine) -> Vote:
     def ranked(hits: tuple[Hit, ...]) -> tuple[RankedId, ...]:
         return tuple(RankedId(h.item.id, h.score, h.item.aesthetic) for h in hits)
 
-    return Vote(shown.vote_id, time.time(), session, c.query.text, image_hash,
-                c.rephrasing.rephrased if c.rephrasing else None, c.style, ranked(shown.side("A")),
-                ranked(shown.side("B")), shown.baseline_side, choice, APP_VERSION, engine.encoder.fingerprint,
-                f"{engine.gallery.meta.fingerprint}/{engine.gallery.meta.snapshot}", shown.settings)
+    return Vote(shown.vote_id, time.time(), shown.session, shown.text, image_hash, shown.rephrased, shown.style,
+                ranked(shown.side("A")), ranked(shown.side("B")), shown.baseline_side, choice, config.APP_VERSION,
+                engine.encoder.fingerprint, f"{engine.gallery.meta.fingerprint}/{engine.gallery.meta.snapshot}",
+                shown.settings)
+
+
+def visitor(request: gr.Request | None) -> tuple[str, str]:
+    """(IP address, Gradio session) of a request, as rate-limit keys. Behind a proxy, uvicorn takes the
+    address from X-Forwarded-For when the proxy is trusted (env FORWARDED_ALLOW_IPS)."""
+    client = getattr(request, "client", None)
+    host = getattr(client, "host", None) or "unknown"
+    return f"ip:{host}", f"session:{(getattr(request, 'session_hash', None) or '')[:64]}"
 
 
 # ---------------------------------------------------------------- UI
-def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
-             examples_dir: str | os.PathLike | None = None) -> gr.Blocks:
+@dataclass(frozen=True)
+class Limits:
+    """Per-visitor limits of one running app (the numbers are in search/config.py)."""
+
+    searches: RateLimiter = field(default_factory=lambda: RateLimiter("searches", config.SEARCHES_PER_MINUTE))
+    votes: RateLimiter = field(default_factory=lambda: RateLimiter("votes", config.VOTES_PER_MINUTE))
+    concurrency: int = 4                     # heavy requests (search, more like this, vote) served at once
+
+
+def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT_TOP_K,
+             examples: list | None = None, limits: Limits | None = None,
+             safety: SafetyFilter | None = None) -> gr.Blocks:
+    """The page. `examples`: search.examples.ExampleQuery list; `safety`: refuses flagged query images."""
+    limits = limits or Limits()
+
     @functools.cache
     def warm_up_once() -> None:
         timer = threading.Timer(WARM_UP_DELAY, engine.encoder.warm_up)
@@ -164,20 +241,21 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
         timer.start()
 
     side_of = random.SystemRandom()
-    with gr.Blocks(title="Visual search", analytics_enabled=False) as demo:
+    with gr.Blocks(title="Visual search", analytics_enabled=False, delete_cache=config.CACHE_CLEANUP) as demo:
         gr.Markdown(f"# Visual search\nFind images with words, a sketch, an artwork or a blurry photo · "
                     f"{len(engine.gallery)} images · encoder `{engine.encoder.name}`. Two rankings appear side by "
                     "side in a random order: vote for the better one to see which was which.")
-        shown = gr.State(None)
+        shown = gr.State(None, time_to_live=config.SESSION_TTL_SECONDS)
         image_source = gr.State("Sketch")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300):
-                text = gr.Textbox(label="Text", placeholder="e.g. a cat on a sofa", lines=1, max_lines=3)
+                text = gr.Textbox(label="Text", placeholder="e.g. a cat on a sofa", lines=1, max_lines=3,
+                                  max_length=config.MAX_TEXT_CHARS)
                 with gr.Tabs():
                     with gr.Tab("Sketch") as sketch_tab:
-                        sketch = gr.Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=360,
-                                              layers=False, brush=gr.Brush(default_size=3, colors=["#000000"],
-                                                                           color_mode="fixed"))
+                        sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=360,
+                                           layers=False, brush=gr.Brush(default_size=3, colors=["#000000"],
+                                                                        color_mode="fixed"))
                     with gr.Tab("Upload") as upload_tab:
                         upload = ImageUpload(label="Image (artwork, low-res or photo)", type="filepath",
                                              image_mode=None, sources=["upload", "clipboard"], height=360)
@@ -205,50 +283,62 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
                 reveal = gr.Markdown()
         picked = gr.Textbox(visible=False)  # the id of a clicked result, for "more like this"
 
-        if examples_dir is not None:
-            examples = make_examples(engine.items, examples_dir)
+        if examples:
             # two blocks: text alone renders as compact chips, images (with their text, if any) as a table
             gr.Examples([[e.text] for e in examples if e.image is None], [text], label="Example texts")
             gr.Examples([[str(e.image), e.text or ""] for e in examples if e.image is not None], [upload, text],
-                        label="Example images: an edge-map sketch and a low-res copy of gallery photos, "
-                              "a sketch with text")
+                        label="Example images: drawings, a painting-like photo and a low-res photo")
 
         # ------------------------------------------------------------ handlers (short; logic lives in search/)
-        def answer(query: Query, settings: dict):
-            comparison = engine.compare(query, RankSettings(k=settings["k"],
-                                                            aesthetic_weight=settings["aesthetic_weight"],
-                                                            dedup=settings["dedup"]),
-                                        rephrase=settings["rephrase"])
+        def answer(query: Query, settings: dict, previous: Shown | None, request: gr.Request | None):
+            if safety is not None and query.image is not None:
+                verdict = safety.check(query.image)
+                if verdict.flagged:
+                    raise RequestError(f"this image was refused by the safety filter ({verdict.reason})")
+            c = engine.compare(query, RankSettings(k=settings["k"], aesthetic_weight=settings["aesthetic_weight"],
+                                                   dedup=settings["dedup"]), rephrase=settings["rephrase"])
             warm_up_once()  # the first answer went out without waiting for it; now load the rest
-            state = Shown(comparison, side_of.choice("AB"), settings)
-            log.info("query text=%r image=%s style=%s -> %d+%d hits in %.0f ms", query.text, query.image is not None,
-                     comparison.style, len(comparison.baseline), len(comparison.aligned), comparison.seconds * 1e3)
+            state = Shown(previous.session if previous else uuid.uuid4().hex, c.query.text,
+                          to_webp(c.query.image) if c.query.image is not None else None,
+                          c.rephrasing.rephrased if c.rephrasing else None, c.style, c.baseline, c.aligned,
+                          side_of.choice("AB"), settings)
+            log.info("query text=%r image=%s style=%s -> %d+%d hits in %.0f ms", (query.text or "")[:100],
+                     query.image is not None, c.style, len(c.baseline), len(c.aligned), c.seconds * 1e3)
             buttons = [gr.Button(interactive=True) for _ in CHOICES]
             return (to_gallery(state.side("A"), settings["show_scores"]),
-                    to_gallery(state.side("B"), settings["show_scores"]), describe(state), state, "", *buttons)
+                    to_gallery(state.side("B"), settings["show_scores"]), describe(state, c.seconds), state, "",
+                    *buttons)
+
+        def guarded(handler):  # noqa: ANN001, ANN202
+            """Rate limits first; a visitor's bad input (or a full quota) becomes a message without server paths."""
+            limiter = limits.votes if handler is vote else limits.searches
+
+            @functools.wraps(handler)  # Gradio reads the handler's signature: its gr.Request comes last
+            def run(*args):  # noqa: ANN002, ANN202
+                try:
+                    limiter.take(*visitor(args[-1]))
+                    return handler(*args)
+                except (RateLimited, RequestError, ImageLoadError, ValueError) as e:
+                    raise user_error(e) from e
+            return run
 
         def search(text: str, sketch: dict | None, upload: str | None, source: str, text_weight: float, k: int,
-                   aesthetic_weight: float, rephrase: bool, dedup: bool, show_scores: bool):
-            try:
-                query = to_query(text, sketch, upload, source, text_weight)
-            except (ValueError, ImageLoadError) as e:
-                raise gr.Error(str(e), print_exception=False) from e
+                   aesthetic_weight: float, rephrase: bool, dedup: bool, show_scores: bool, previous: Shown | None,
+                   request: gr.Request = None):
+            query = to_query(text, sketch, upload, source, float(text_weight))
             settings = {"k": int(k), "aesthetic_weight": float(aesthetic_weight), "rephrase": bool(rephrase),
                         "dedup": bool(dedup), "show_scores": bool(show_scores), "text_weight": float(text_weight)}
-            try:
-                return answer(query, settings)
-            except ValueError as e:  # a blank or uniform image: no style or content to search with
-                raise gr.Error(str(e), print_exception=False) from e
+            return answer(query, settings, previous, request)
 
         def more_like_this(item_id: str, k: int, aesthetic_weight: float, rephrase: bool, dedup: bool,
-                           show_scores: bool):
-            row = engine.gallery.row_of(item_id)
-            if row is None:
-                raise gr.Error(f"no gallery image with id {item_id!r}", print_exception=False)
-            query = Query(image=load_image(engine.gallery.item(row).path))
+                           show_scores: bool, previous: Shown | None, request: gr.Request = None):
+            row = engine.gallery.row_of(item_id) if isinstance(item_id, str) else None
+            if row is None or engine.gallery.is_flagged(row):
+                raise RequestError(f"no gallery image with id {str(item_id)[:100]!r}")
+            query = Query(image=load_image(engine.gallery.item(row).path, max_side=config.QUERY_MAX_SIDE))
             settings = {"k": int(k), "aesthetic_weight": float(aesthetic_weight), "rephrase": bool(rephrase),
                         "dedup": bool(dedup), "show_scores": bool(show_scores), "more_like": item_id}
-            return answer(query, settings)
+            return answer(query, settings, previous, request)
 
         def pick(state: Shown | None, side: str, evt: gr.SelectData) -> str:
             if state is None:
@@ -257,18 +347,22 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
 
         def vote(choice: str, state: Shown | None, agreed: bool, request: gr.Request = None) -> tuple:
             if choice not in CHOICES:
-                raise gr.Error(f"unknown choice {choice!r}; expected one of {', '.join(CHOICES)}",
-                               print_exception=False)
-            if state is None:
-                raise gr.Error("search first, then vote for the better side", print_exception=False)
-            if not agreed:
-                raise gr.Error("tick \"I agree that my votes are stored\" to vote", print_exception=False)
+                raise RequestError(f"unknown choice {str(choice)[:20]!r}; expected one of {', '.join(CHOICES)}")
+            if not isinstance(state, Shown):
+                raise RequestError("search first, then vote for the better side")
+            if agreed is not True:  # exactly True: "false", 1 or "yes" through the API are not consent
+                raise RequestError("tick \"I agree that my votes are stored\" to vote")
             if state.voted is None:
-                q = state.comparison.query
-                image_hash = store.save_query_image(q.image) if q.image is not None else None
-                session = getattr(request, "session_hash", None) or "api"
-                store.record(to_vote(state, choice, session, image_hash, engine))
-                state.voted = choice
+                try:
+                    image_hash = store.save_query_image(state.image) if state.image is not None else None
+                    store.record(to_vote(state, choice, image_hash, engine))
+                except ImageQuotaExceeded as e:
+                    raise RequestError(f"vote not saved: {e}") from e
+                except (OSError, sqlite3.Error) as e:
+                    log.exception("vote %s not saved", state.vote_id)
+                    raise RequestError(f"vote not saved: the server could not write it ({type(e).__name__}: "
+                                       f"{getattr(e, 'strerror', None) or e}); please try again later") from e
+                state = replace(state, voted=choice)
             aligned = "B" if state.baseline_side == "A" else "A"
             text = (f"Thanks! **{state.baseline_side}** was the baseline ranking and **{aligned}** the "
                     f"aesthetically-aligned one. You chose: {CHOICE_LABELS[state.voted]}.")
@@ -282,26 +376,31 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = DEFAULT_TOP_K,
         # ------------------------------------------------------------ wiring
         settings_in = [k, aesthetic_weight, rephrase, dedup, show_scores]
         outputs = [gallery_a, gallery_b, info, shown, reveal, *vote_btns.values()]
+        # search, more like this and vote share one pool of workers: together they never run more than this
+        heavy = {"concurrency_id": "heavy", "concurrency_limit": limits.concurrency}
         sketch_tab.select(lambda: "Sketch", None, image_source, api_name=False)
         upload_tab.select(lambda: "Upload", None, image_source, api_name=False)
         upload.change(lambda v: "Upload" if v else "Sketch", upload, image_source, api_name=False)
         # progress and a bad input's error show on the info line only: the galleries keep their results
-        gr.on([search_btn.click, text.submit], search, [text, sketch, upload, image_source, text_weight, *settings_in],
-              outputs, api_name="search", show_progress_on=info)
+        gr.on([search_btn.click, text.submit], guarded(search),
+              [text, sketch, upload, image_source, text_weight, *settings_in, shown], outputs, api_name="search",
+              show_progress_on=info, **heavy)
         # API-only endpoints are hidden buttons, so they share the session's state with /search
         more_btn, vote_btn, choice = gr.Button(visible=False), gr.Button(visible=False), gr.Textbox(visible=False)
-        more_btn.click(more_like_this, [picked, *settings_in], outputs, api_name="more_like_this",
-                       show_progress_on=info)
+        more_btn.click(guarded(more_like_this), [picked, *settings_in, shown], outputs, api_name="more_like_this",
+                       show_progress_on=info, **heavy)
         for side, g in (("A", gallery_a), ("B", gallery_b)):
             def pick_on(state: Shown | None, evt: gr.SelectData, side: str = side) -> str:
                 return pick(state, side, evt)  # a def, not functools.partial: Gradio finds evt by its type hint
 
             g.select(pick_on, shown, picked, api_name=False).then(
-                more_like_this, [picked, *settings_in], outputs, api_name=False, show_progress_on=info)
+                guarded(more_like_this), [picked, *settings_in, shown], outputs, api_name=False,
+                show_progress_on=info, **heavy)
         vote_io = ([choice, shown, consent], [reveal, shown, *vote_btns.values()])
-        vote_btn.click(vote, *vote_io, api_name="vote")
+        vote_btn.click(guarded(vote), *vote_io, api_name="vote", **heavy)
         for c, btn in vote_btns.items():
-            btn.click(lambda c=c: c, None, choice, api_name=False).then(vote, *vote_io, api_name=False)
+            btn.click(lambda c=c: c, None, choice, api_name=False).then(guarded(vote), *vote_io, api_name=False,
+                                                                         **heavy)
         show_scores.change(rerender, [shown, show_scores], [gallery_a, gallery_b], api_name=False)
     return demo
 
@@ -314,28 +413,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--gallery", metavar="SOURCE",
         help="index a folder (recursive), a .jsonl/.csv manifest or a .zip of images (default: built-in photos)")
     add("--index", metavar="DIR", help="serve an index directory built by `python -m search index`")
-    add("--encoder", metavar="NAME", help=f"encoder name (default {DEFAULT_ENCODER}; with --index, the index's own)")
-    add("--cache-dir", metavar="DIR", default=str(CACHE_DIR),
+    add("--encoder", metavar="NAME", 
+        help=f"encoder name (default {config.DEFAULT_ENCODER}; with --index, the index's own)")
+    add("--cache-dir", metavar="DIR", default=str(config.CACHE_DIR),
         help="where --gallery and the built-in photos are indexed (default %(default)s)")
-    add("--data-dir", metavar="DIR", default=str(DATA_DIR),
+    add("--data-dir", metavar="DIR", default=str(config.DATA_DIR),
         help="where votes (votes.db) and voted query images are kept (default %(default)s; env VISUAL_SEARCH_DATA)")
     add("--hub-repo", metavar="ID", default=os.environ.get("VOTES_DATASET_REPO"),
         help="also sync votes to this Hugging Face dataset repo (needs HF_TOKEN; env VOTES_DATASET_REPO)")
     add("--rephraser", default=os.environ.get("VISUAL_SEARCH_REPHRASER", "template"),
         help="query rephraser: template, none, llm:PATH_OR_ID or http:URL (default %(default)s)")
-    add("--top-k", metavar="K", type=int, default=DEFAULT_TOP_K, help="results per side (default %(default)s)")
+    add("--top-k", metavar="K", type=int, default=config.DEFAULT_TOP_K, help="results per side (default %(default)s)")
     add("--concurrency", type=int, default=4, help="searches served in parallel (default %(default)s)")
     add("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         help="address to serve on (default %(default)s; env GRADIO_SERVER_NAME)")
     add("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         help="port to serve on (default %(default)s; env GRADIO_SERVER_PORT)")
     add("--share", action="store_true", help="also serve through a public gradio.live link")
+    add("--public", action="store_true", default=config.PUBLIC,
+        help="public-demo defaults: the safety filter on (default on a Hugging Face Space, where SPACE_ID is set)")
+    add("--safety", choices=["auto", "on", "off"], default="auto",
+        help="refuse unsafe query images and hide unsafe gallery images (NudeNet); auto: on with --public")
     add("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.gallery and args.index:
         parser.error("give --gallery or --index, not both")
     if not args.index:
-        args.encoder = args.encoder or DEFAULT_ENCODER
+        args.encoder = args.encoder or config.DEFAULT_ENCODER
     if args.top_k < 1 or args.concurrency < 1:
         parser.error("--top-k and --concurrency must be >= 1")
     return args
@@ -345,25 +449,42 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    safety_on = args.safety == "on" or (args.safety == "auto" and args.public)
     try:
+        # the vote store first: an unwritable --data-dir stops the app before the slow part, with a message
+        store = VoteStore(args.data_dir, hub_repo=args.hub_repo,
+                          images_quota_bytes=config.VOTE_IMAGES_QUOTA_BYTES)
+        safety = load_safety_filter() if safety_on else None
         if args.index:
             engine = SearchEngine.open(args.index, args.encoder)
         elif args.gallery:
-            engine, _ = SearchEngine.from_source(args.gallery, args.encoder, args.cache_dir)
+            engine, _ = SearchEngine.from_source(args.gallery, args.encoder, args.cache_dir, safety=safety)
         else:
             engine, _ = SearchEngine.build(default_gallery(), args.encoder, name="default-gallery",
-                                           cache_dir=args.cache_dir)
+                                           cache_dir=args.cache_dir, safety=safety)
         engine.rephraser_spec = args.rephraser
-        store = VoteStore(args.data_dir, hub_repo=args.hub_repo)
-    except (OSError, ValueError) as e:  # missing folder, bad source, unknown encoder, index of another encoder
+        examples = load_examples()
+    except (OSError, ValueError, ImportError) as e:  # a missing folder, a bad source, an unknown encoder, an index
+        # of another encoder, an unwritable --data-dir, nudenet not installed
         raise SystemExit(f"app.py: error: {e}") from e
-    log.info("serving %d images with encoder %s (%d skipped); votes in %s", len(engine.gallery),
-             engine.encoder.fingerprint, len(engine.skipped), store.path)
-    examples_dir = os.path.join(args.cache_dir, "examples") if not (args.index or args.gallery) else None
-    demo = build_ui(engine, store, args.top_k, examples_dir)
-    demo.queue(default_concurrency_limit=args.concurrency)
+    log.info("serving %d images with encoder %s (%d skipped); votes in %s; safety filter %s", len(engine.gallery),
+             engine.encoder.fingerprint, len(engine.skipped), store.path, "on" if safety else "off")
+    demo = build_ui(engine, store, args.top_k, examples, Limits(concurrency=args.concurrency), safety)
+    demo.queue(max_size=config.QUEUE_SIZE, default_concurrency_limit=args.concurrency)
+    # Only two folders are public, and both hold nothing but files written to be shown: the index's thumbnails
+    # (named by digest; those of images the safety filter flagged are blocked) and the example queries.
+    # Originals, index files and whatever lies beside a gallery never are.
+    flagged = [str(engine.gallery.item(r).thumbnail) for r in engine.gallery.flagged_rows
+               if engine.gallery.item(r).thumbnail]
     demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                allowed_paths=[*engine.gallery.folders(), *([examples_dir] if examples_dir else [])])
+                max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=flagged,
+                allowed_paths=[str(engine.gallery.root / "thumbs"), str(ASSETS_DIR / "examples")])
+
+
+def load_safety_filter():  # noqa: ANN201 (models.safety is imported only when the filter is on)
+    from models.safety import DEFAULT_UNSAFE_CLASSES, SafetyFilter
+
+    return SafetyFilter(config.SAFETY_CLASSES or DEFAULT_UNSAFE_CLASSES)
 
 
 if __name__ == "__main__":

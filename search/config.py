@@ -14,3 +14,19 @@ DEFAULT_TOP_K = 12
 # query rephrasing (search/rephrase.py): "template" | "none" | "llm:PATH_OR_ID" | "http:URL"
 DEFAULT_REPHRASER = os.environ.get("VISUAL_SEARCH_REPHRASER", "template")
 REPHRASE_CACHE_DIR = CACHE_DIR / "rephrase"  # rephrasings.sqlite, and de-quantised GGUF models under llm/
+
+# ---------------------------------------------------------------- limits for a public app (app.py applies them)
+PUBLIC = bool(os.environ.get("SPACE_ID"))  # on a Hugging Face Space: public-demo defaults (safety filter on)
+MAX_TEXT_CHARS = 1_000            # a longer query text is refused
+QUERY_MAX_SIDE = 1_024            # a query image is shrunk to this long side before it is kept or stored
+SKETCH_MAX_PIXELS = 16_000_000    # a canvas (composite, background or layer) larger than 4000x4000 is refused
+MAX_UPLOAD_BYTES = 20 * 1024**2   # any upload larger than this is refused by the server (HTTP 413)
+QUEUE_SIZE = int(os.environ.get("VISUAL_SEARCH_QUEUE_SIZE", 64))  # requests waiting beyond this: "queue is full"
+SESSION_TTL_SECONDS = 3_600       # a visitor's last comparison is forgotten after this long
+CACHE_CLEANUP = (900, 3_600)      # every 15 min, delete uploads and served copies older than an hour
+# per visitor (IP address and session), with a burst of the same size
+SEARCHES_PER_MINUTE = int(os.environ.get("VISUAL_SEARCH_SEARCHES_PER_MINUTE", 30))
+VOTES_PER_MINUTE = int(os.environ.get("VISUAL_SEARCH_VOTES_PER_MINUTE", 20))
+VOTE_IMAGES_QUOTA_BYTES = int(os.environ.get("VISUAL_SEARCH_IMAGE_QUOTA", 2 * 1024**3))  # stored query images
+# the safety filter's unsafe NudeNet classes, comma-separated (default: models/safety.py's exposed-nudity set)
+SAFETY_CLASSES = tuple(c for c in os.environ.get("VISUAL_SEARCH_SAFETY_CLASSES", "").split(",") if c) or None

@@ -6,10 +6,11 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import zipfile
 from datetime import datetime
 from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from PIL import Image
 
 from .types import GalleryItem, Skipped
 
@@ -134,11 +135,16 @@ def manifest_gallery(manifest: str | Path) -> tuple[list[GalleryItem], list[Skip
     return items, skipped
 
 
-MAX_ENTRY_BYTES = 1 << 30  # zip entries that would inflate beyond this are refused (zip bombs)
+MAX_ENTRY_BYTES = 1 << 30        # zip entries that would inflate beyond this are refused (zip bombs)
+MAX_ZIP_BYTES = 20 * (1 << 30)   # ... and an archive whose image entries inflate beyond this in total
+MAX_RATIO = 100                  # images are compressed already: an entry that deflates 100x is a bomb
 
 
 def zip_gallery(archive: str | Path, target: Path) -> tuple[list[GalleryItem], list[Skipped]]:
-    """Extract the image entries of `archive` under `target` (unchanged files are not rewritten)."""
+    """Extract the image entries of `archive` under `target` (unchanged files are not rewritten).
+
+    Entries are refused before anything is written when their names escape `target`, their sizes are over
+    the limits, or they deflate suspiciously well; an extracted entry that is not a readable image is deleted."""
     archive, target = Path(archive), Path(target).resolve()
     items, skipped = [], []
     try:
@@ -146,6 +152,7 @@ def zip_gallery(archive: str | Path, target: Path) -> tuple[list[GalleryItem], l
     except (zipfile.BadZipFile, OSError) as e:
         raise ValueError(f"{archive}: not a readable zip file ({e})") from e
     with zf:
+        entries = []
         for info in zf.infolist():
             name = info.filename
             if info.is_dir():
@@ -153,21 +160,30 @@ def zip_gallery(archive: str | Path, target: Path) -> tuple[list[GalleryItem], l
             dest = (target / name).resolve()
             if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or target not in dest.parents:
                 skipped.append(Skipped(f"{archive}!{name}", "refused: entry name escapes the extraction folder"))
-                continue
-            if Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
+            elif Path(name).suffix.lower() not in IMAGE_EXTENSIONS:
                 skipped.append(Skipped(f"{archive}!{name}", "not an image extension"))
-                continue
-            if info.file_size > MAX_ENTRY_BYTES:
+            elif info.file_size > MAX_ENTRY_BYTES:
                 skipped.append(Skipped(f"{archive}!{name}", f"{info.file_size:,} bytes uncompressed is over the limit"))
-                continue
+            elif info.file_size > (1 << 20) and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+                skipped.append(Skipped(f"{archive}!{name}", f"refused: inflates {info.file_size:,} bytes from "
+                                                            f"{info.compress_size:,} (a zip bomb?)"))
+            else:
+                entries.append((info, dest))
+        total = sum(info.file_size for info, _ in entries)
+        if total > MAX_ZIP_BYTES:
+            raise ValueError(f"{archive}: its images inflate to {total:,} bytes, over the {MAX_ZIP_BYTES:,} limit; "
+                             "split it or extract it yourself and index the folder")
+        for info, dest in entries:
+            name = info.filename
             mtime = datetime(*info.date_time).timestamp()
             if not (dest.is_file() and dest.stat().st_size == info.file_size and dest.stat().st_mtime == mtime):
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 tmp = dest.with_name(dest.name + ".part")
                 try:
                     with zf.open(info) as src, open(tmp, "wb") as out:
-                        shutil.copyfileobj(src, out)
-                except (zipfile.BadZipFile, OSError, EOFError) as e:
+                        _copy_at_most(src, out, info.file_size)
+                    _check_image_header(tmp)
+                except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                     tmp.unlink(missing_ok=True)
                     skipped.append(Skipped(f"{archive}!{name}", f"cannot extract ({e})"))
                     continue
@@ -177,3 +193,22 @@ def zip_gallery(archive: str | Path, target: Path) -> tuple[list[GalleryItem], l
     if not items:
         raise ValueError(f"zip {archive} holds no images")
     return items, skipped
+
+
+def _copy_at_most(src, out, limit: int) -> None:  # noqa: ANN001 (file objects)
+    """Copy, failing once more than `limit` bytes arrive (an entry whose header lies about its size)."""
+    written = 0
+    while chunk := src.read(1 << 20):
+        written += len(chunk)
+        if written > limit:
+            raise ValueError(f"entry inflates past its declared {limit:,} bytes")
+        out.write(chunk)
+
+
+def _check_image_header(path: Path) -> None:
+    """ValueError unless PIL recognises the file as an image (reads the header only)."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError("not a readable image") from e

@@ -1,6 +1,7 @@
 """Opening image files defensively and feeding them to an encoder in batches."""
 from __future__ import annotations
 
+import io
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -24,8 +25,11 @@ class ImageLoadError(ValueError):
         self.path, self.reason = str(path), reason
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as upright RGB, or raise ImageLoadError saying why it cannot be used."""
+def load_image(path: str | Path, max_side: int | None = None, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file as upright RGB, or raise ImageLoadError saying why it cannot be used.
+
+    The pixel count is checked from the header, before decoding. With `max_side`, the image is shrunk to fit
+    (JPEGs are decoded at a reduced scale, so a huge photo never takes its full size in memory)."""
     path = Path(path)
     if not path.is_file():
         raise ImageLoadError(path, "no such file")
@@ -33,15 +37,35 @@ def load_image(path: str | Path) -> Image.Image:
         raise ImageLoadError(path, "empty file (0 bytes)")
     try:
         with Image.open(path) as im:
-            if im.width * im.height > MAX_PIXELS:
-                raise ImageLoadError(path, f"{im.width}x{im.height} pixels is over the {MAX_PIXELS:,} limit "
+            if im.width * im.height > max_pixels:
+                raise ImageLoadError(path, f"{im.width}x{im.height} pixels is over the {max_pixels:,} limit "
                                              "(decompression bomb guard)")
+            if max_side:
+                im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale (no-op otherwise)
             im.load()
-            return to_rgb(ImageOps.exif_transpose(im))
+            out = to_rgb(ImageOps.exif_transpose(im))
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise ImageLoadError(path, f"not a readable image ({e})") from e
+        # PIL's messages name the file: keep only its name (a server path is nobody's business)
+        raise ImageLoadError(path, f"not a readable image ({str(e).replace(str(path), path.name)})") from e
+    return shrink(out, max_side) if max_side else out
+
+
+def shrink(image: Image.Image, max_side: int) -> Image.Image:
+    """The image scaled down (never up) so that its long side is at most `max_side`."""
+    if max(image.size) <= max_side:
+        return image
+    small = image.copy()
+    small.thumbnail((max_side, max_side), Image.LANCZOS)
+    return small
+
+
+def to_webp(image: Image.Image, quality: int = 90) -> bytes:
+    """Compact bytes for keeping or storing a query image (a 1024-px photo: ~100 KB)."""
+    buf = io.BytesIO()
+    image.save(buf, format="WEBP", quality=quality, method=4)
+    return buf.getvalue()
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

@@ -9,7 +9,6 @@ retried request is recorded once. Hub sync only ever reads what is already commi
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import math
@@ -27,6 +26,8 @@ from typing import Any
 
 from PIL import Image
 
+from .config import QUERY_MAX_SIDE
+from .images import shrink, to_rgb, to_webp
 from .vote_sync import HubSync
 
 logger = logging.getLogger(__name__)
@@ -199,19 +200,32 @@ def _vote_from_db(row: tuple) -> Vote:
 
 
 # ---------------------------------------------------------------- the store
+class ImageQuotaExceeded(OSError):
+    """Storing one more query image would take more disk than the store's quota allows."""
+
+
 class VoteStore:
-    """Votes in `data_dir/votes.db` (SQLite, WAL), query images in `data_dir/images/<sha256>.png`.
+    """Votes in `data_dir/votes.db` (SQLite, WAL), query images in `data_dir/images/<sha256>.webp`.
 
     One connection per store, shared by threads under a lock (measured against a connection per thread in
     benchmarks/vote_store_stress.py); several processes may open the same directory at once.
     """
 
     def __init__(self, data_dir: str | Path, hub_repo: str | None = None, hub_token: str | None = None, *,
-                 hub_every_minutes: float = 5.0, hub_endpoint: str | None = None) -> None:
+                 hub_every_minutes: float = 5.0, hub_endpoint: str | None = None,
+                 images_quota_bytes: int | None = None) -> None:
+        """`images_quota_bytes`: stored query images may take this much disk (None: no limit)."""
         self.data_dir = Path(data_dir).expanduser()
         self.images_dir = self.data_dir / "images"
-        self.images_dir.mkdir(parents=True, exist_ok=True)
         self.path = self.data_dir / "votes.db"
+        try:
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            _probe_write(self.images_dir)
+        except OSError as e:
+            raise OSError(f"cannot store votes in {self.data_dir}: it is not writable ({e.strerror or e}); "
+                          "pass a writable --data-dir (env VISUAL_SEARCH_DATA)") from e
+        self.images_quota = images_quota_bytes
+        self._images_bytes = sum(p.stat().st_size for p in self.images_dir.iterdir() if p.is_file())
         self._lock = threading.Lock()
         self._conn = self._connect()
         self._hub: HubSync | None = None
@@ -224,6 +238,9 @@ class VoteStore:
     def _connect(self) -> sqlite3.Connection:
         try:
             return self._open()
+        except sqlite3.OperationalError as e:  # read-only file, unwritable folder, a directory in its place
+            raise OSError(f"cannot store votes in {self.path} ({e}): pass a writable --data-dir "
+                          "(env VISUAL_SEARCH_DATA)") from e
         except sqlite3.DatabaseError as e:
             raise OSError(f"{self.path} is not a usable votes database ({e}): move it aside to start a new one, "
                           f"or use another --data-dir") from e
@@ -260,23 +277,31 @@ class VoteStore:
             elif max(versions) > SCHEMA_VERSION:
                 raise OSError(f"{self.path} has vote schema version {max(versions)}, newer than this app's "
                               f"{SCHEMA_VERSION}: upgrade the app (or use another --data-dir)")
+            # a write that is rolled back: a read-only database fails here, at start, not at the first vote
+            conn.execute("DELETE FROM votes WHERE vote_id = ''")
 
-    def save_query_image(self, image: Image.Image) -> str:
-        """Save a query image as PNG under images/<sha256 of the PNG>.png (atomic); return the hash."""
-        if image.mode not in ("1", "L", "LA", "RGB", "RGBA", "I", "I;16", "P"):
-            image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
-        buf = io.BytesIO()
-        image.save(buf, format="PNG")
-        data = buf.getvalue()
+    def save_query_image(self, image: Image.Image | bytes) -> str:
+        """Store a query image under images/<sha256 of its bytes>.webp (atomic); return the hash.
+
+        A PIL image is shrunk to QUERY_MAX_SIDE and encoded as WebP; bytes are stored as given (the app keeps
+        the WebP it made at query time). Raises ImageQuotaExceeded when the images would outgrow the quota."""
+        data = image if isinstance(image, bytes) else to_webp(shrink(to_rgb(image), QUERY_MAX_SIDE))
         digest = hashlib.sha256(data).hexdigest()
-        path = self.image_path(digest)
+        path = self.images_dir / f"{digest}.webp"
         if not path.exists():
+            with self._lock:
+                if self.images_quota is not None and self._images_bytes + len(data) > self.images_quota:
+                    raise ImageQuotaExceeded(f"the server's storage for query images is full "
+                                             f"({self.images_quota / 1e6:,.0f} MB)")
+                self._images_bytes += len(data)
             _atomic_write(path, data)
         return digest
 
     def image_path(self, digest: str) -> Path:
-        """Where the query image with this hash is stored."""
-        return self.images_dir / f"{digest}.png"
+        """Where the query image with this hash is stored (WebP; PNG for votes of app versions before 0.3)."""
+        webp = self.images_dir / f"{digest}.webp"
+        legacy = self.images_dir / f"{digest}.png"
+        return legacy if not webp.exists() and legacy.exists() else webp
 
     def record(self, vote: Vote) -> bool:
         """Store a vote in one transaction. True if new, False if its vote_id was already stored (first wins)."""
@@ -343,6 +368,13 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         if conn.in_transaction:  # also after a failed COMMIT, so the connection stays usable
             conn.execute("ROLLBACK")
         raise
+
+
+def _probe_write(folder: Path) -> None:
+    """Raise OSError unless a file can be created, written and removed in `folder`."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

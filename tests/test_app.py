@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
-import socket
 import struct
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import zlib
 from pathlib import Path
 
 import pytest
 import skimage
+from conftest import APP, App
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
@@ -28,94 +24,9 @@ from search.votes import VoteStore
 
 pytestmark = pytest.mark.slow
 
-APP = Path(__file__).resolve().parent.parent / "app.py"
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
-STARTUP_TIMEOUT = 300  # seconds: loading the encoder and embedding the gallery on a busy 2-core CPU
 REVEAL = re.compile(r"\*\*([AB])\*\* was the baseline ranking and \*\*([AB])\*\* the aesthetically-aligned one\. "
                     r"You chose: (.+)\.")
-
-
-# ---------------------------------------------------------------- the app under test
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
-
-
-class App:
-    """`python app.py --port P --cache-dir C --data-dir D`, run from a foreign cwd; restartable on the same dirs."""
-
-    def __init__(self, root: Path) -> None:
-        self.root, self.cache_dir, self.data_dir = root, root / "cache", root / "data"
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self.starts = 0
-
-    def start(self) -> None:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}/"
-        self.starts += 1
-        self.log = self.root / f"server-{self.starts}.log"
-        env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "OMP_WAIT_POLICY": "PASSIVE"}
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(APP), "--port", str(port), "--cache-dir", str(self.cache_dir),
-                 "--data-dir", str(self.data_dir)], cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not answers(self.url):
-            if self.proc.poll() is not None:
-                pytest.fail(f"app.py exited with {self.proc.returncode}:\n{self.log.read_text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"app.py did not answer on {self.url} within {STARTUP_TIMEOUT} s:\n{self.log.read_text()}")
-            time.sleep(0.5)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def __enter__(self) -> App:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def id_of(self, result: dict) -> str:
-        """The gallery id of one gallery result (by its served file's name: the item's thumbnail or file)."""
-        image = result["image"]
-        name = Path(image["path"] if isinstance(image, dict) else image).name
-        return self.gallery_ids()[name]
-
-    def gallery_ids(self) -> dict[str, str]:
-        """{thumbnail or image file name: item id} of the index the app built under --cache-dir."""
-        (meta,) = self.cache_dir.glob("indexes/*/index.json")
-        snapshot = meta.parent / json.loads(meta.read_text())["snapshot"]
-        rows = [json.loads(line) for line in (snapshot / "items.jsonl").read_text().splitlines() if line.strip()]
-        return {Path(r.get("thumbnail") or r["path"]).name: r["id"] for r in rows}
-
-    def votes(self) -> list:
-        with VoteStore(self.data_dir) as store:
-            return store.votes()
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
-    with App(tmp_path_factory.mktemp("app")) as app:
-        yield app
 
 
 def client(app: App) -> Client:
@@ -207,9 +118,9 @@ def test_a_vote_on_an_image_query_stores_the_image_and_its_style(app: App) -> No
     (vote,) = new_votes(app, before)
     assert vote.query_text is None and vote.style and vote.choice == "both_bad"
     assert [r.id for r in vote.side_a] == ids(app, a) and [r.id for r in vote.side_b] == ids(app, b)
-    stored = app.data_dir / "images" / f"{vote.query_image}.png"
+    stored = app.data_dir / "images" / f"{vote.query_image}.webp"
     with Image.open(stored) as im, Image.open(SKIMAGE_DATA / "coffee.png") as original:
-        assert im.size == original.size
+        assert im.size == original.size  # under 1024 px: kept at its size
 
 
 def test_voting_twice_on_one_query_stores_one_vote(app: App) -> None:
@@ -259,6 +170,7 @@ def png_header(width: int, height: int) -> bytes:
 def bad_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("bad")
     (d / "notes.png").write_text("this is a text file, not an image\n")
+    (d / "drawing.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>\n')
     Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB").save(d / "cat.jpg", quality=90)
     jpeg = (d / "cat.jpg").read_bytes()
     (d / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
@@ -281,6 +193,7 @@ BAD_INPUTS = {  # name: (text, sketch file, upload file, the message expected)
     "blank canvas": ("", "transparent.png", None, "the canvas is blank: draw something"),
     "white canvas": ("", "white.png", None, "the image is blank or a single colour"),
     "non-image upload": ("", None, "notes.png", "notes.png.*not a readable image"),
+    "svg upload": ("", None, "drawing.svg", r"drawing.svg: not a readable image \(cannot identify image file"),
     "truncated jpeg": ("", None, "truncated.jpg", r"truncated.jpg: not a readable image \(image file is truncated"),
     "huge image (header)": ("", None, "huge-header.png", over),
     "huge image (1-bit)": ("", None, "huge-1bit.png", over),
@@ -322,7 +235,7 @@ def test_help_lists_the_options(cli, capsys: pytest.CaptureFixture) -> None:
     assert done.value.code == 0
     out = capsys.readouterr().out
     for option in ("--gallery", "--index", "--encoder", "--cache-dir", "--data-dir", "--top-k", "--concurrency",
-                   "--rephraser", "--hub-repo", "--host", "--port", "--share"):
+                   "--rephraser", "--hub-repo", "--host", "--port", "--share", "--public", "--safety"):
         assert option in out
 
 

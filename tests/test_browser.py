@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import App
 from playwright.sync_api import sync_playwright  # requirements-dev.txt; drives /usr/bin/chromium only
-from test_app import App  # the same launched app.py (foreign cwd, temporary --cache-dir/--data-dir)
 
 pytestmark = pytest.mark.slow
 
@@ -18,12 +18,6 @@ CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "browser"
 TIMEOUT_MS = 120_000  # one answer on a busy 2-core CPU (the first sketch also loads the image tower)
 K = 12  # DEFAULT_TOP_K
-
-
-@pytest.fixture(scope="module")
-def app(tmp_path_factory: pytest.TempPathFactory):
-    with App(tmp_path_factory.mktemp("browser-app")) as app:
-        yield app
 
 
 @pytest.fixture(scope="module")
