@@ -125,14 +125,15 @@ def dedup_threshold(out: Path, share: float = 0.01) -> None:
         gallery = prep[5]
         rows = list(gallery.rows)
         vecs = gallery.vectors(list(range(len(rows))))
-        base = [r.get("degraded_from") or r["id"] for r in rows]
+        src = [(r.get("extra") or {}).get("degraded_from") for r in rows]
+        base = [s or r["id"] for s, r in zip(src, rows)]
         sims = vecs @ vecs.T
         same = np.array(base)[:, None] == np.array(base)[None, :]
         sims_distinct = np.where(same, -np.inf, sims)
-        orig = [i for i, r in enumerate(rows) if "degraded_from" not in r]
+        orig = [i for i, s in enumerate(src) if s is None]
         distinct += sims_distinct[orig].max(1).tolist()
         row_of = {r["id"]: i for i, r in enumerate(rows)}
-        copies += [float(sims[i, row_of[r["degraded_from"]]]) for i, r in enumerate(rows) if "degraded_from" in r]
+        copies += [float(sims[i, row_of[s]]) for i, s in enumerate(src) if s is not None]
     distinct, copies = np.array(distinct), np.array(copies)
     t = float(np.quantile(distinct, 1 - share))
     print(f"{len(distinct)} train photos: nearest distinct photo cosine median {np.median(distinct):.3f}, "

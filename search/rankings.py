@@ -106,13 +106,39 @@ def percentiles(scores: Sequence[float | None]) -> np.ndarray:
     return out
 
 
+def margin_order(relevance: np.ndarray, quality: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """(order, combined score) of candidates by relevance + margin * quality (quality clipped to 0..1)."""
+    combined = np.asarray(relevance, np.float64) + margin * np.clip(np.asarray(quality, np.float64), 0.0, 1.0)
+    return np.argsort(-combined, kind="stable"), combined
+
+
+def collapse_order(vectors: np.ndarray, quality: np.ndarray, threshold: float) -> np.ndarray:
+    """Positions of candidates (rows of `vectors`, best first) after collapsing near-duplicates: see
+    `collapse_near_duplicates`."""
+    n = len(vectors)
+    close = (vectors @ vectors.T) >= threshold
+    quality = np.asarray(quality, np.float64)
+    grouped = np.zeros(n, bool)
+    kept: list[int] = []
+    dropped: list[int] = []
+    for i in range(n):
+        if grouped[i]:
+            continue
+        group = np.flatnonzero(close[i] & ~grouped)
+        group = group[group >= i]
+        grouped[group] = True
+        best = int(group[np.argmax(quality[group])])   # argmax: the earliest among equals
+        kept.append(best)
+        dropped += [int(j) for j in group if j != best]
+    return np.array(kept + sorted(dropped), np.int64)
+
+
 def margin_rescore(hits: Sequence[Hit], quality: Sequence[float], margin: float) -> list[Hit]:
     """Hits re-ranked by relevance + margin * quality, `quality` in 0..1 (e.g. the gallery percentile of the
     aesthetic score). Aesthetics order hits whose relevance is within `margin` of each other and can never
     lift a hit above one more than `margin` more relevant (ties keep the relevance order)."""
     rel = np.array([relevance_of(h) for h in hits], np.float64)
-    combined = rel + margin * np.clip(np.asarray(quality, np.float64), 0.0, 1.0)
-    order = np.argsort(-combined, kind="stable")
+    order, combined = margin_order(rel, np.asarray(quality), margin)
     return renumber([replace(hits[i], score=float(combined[i]), relevance=float(rel[i])) for i in order])
 
 
@@ -124,20 +150,7 @@ def collapse_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, quality: 
     version of each picture, the best one, and a full ranking loses nothing)."""
     if len(hits) == 0:
         return []
-    sims = vectors @ vectors.T
-    quality = np.asarray(quality, np.float64)
-    grouped = np.zeros(len(hits), bool)
-    kept: list[int] = []
-    dropped: list[int] = []
-    for i in range(len(hits)):
-        if grouped[i]:
-            continue
-        group = [i] + [j for j in range(i + 1, len(hits)) if not grouped[j] and sims[i, j] >= threshold]
-        grouped[group] = True
-        best = max(group, key=lambda j: (quality[j], -j))
-        kept.append(best)
-        dropped += [j for j in group if j != best]
-    return renumber([hits[i] for i in kept + sorted(dropped)])
+    return renumber([hits[i] for i in collapse_order(vectors, np.asarray(quality), threshold)])
 
 
 def demote_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, threshold: float = 0.94) -> list[Hit]:
@@ -195,14 +208,34 @@ def aligned(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSetting
     quality = aesthetic_percentiles(gallery)
     pool = max(settings.k, settings.candidates)
     out = []
-    for row in gallery.search(query_vecs, pool):
-        head, tail = row[: settings.candidates], row[settings.candidates :]
-        head = margin_rescore(head, quality[[h.row for h in head]], margin)
+    for rows, rel, item in _candidates(query_vecs, gallery, pool):
+        head = min(settings.candidates, len(rows))
+        order, combined = margin_order(rel[:head], quality[rows[:head]], margin)
         if settings.dedup and head:
-            rows = [h.row for h in head]
-            head = collapse_near_duplicates(head, gallery.vectors(rows), quality[rows], threshold)
-        out.append(renumber([*head, *tail])[: settings.k])
+            order = order[collapse_order(gallery.vectors(rows[order].tolist()), quality[rows[order]], threshold)]
+        ranked = [Hit(item(int(i)), float(combined[i]), n, int(rows[i]), float(rel[i]))
+                  for n, i in enumerate(order[: settings.k].tolist(), start=1)]
+        ranked += [Hit(item(i), float(rel[i]), n, int(rows[i]), float(rel[i]))
+                   for n, i in enumerate(range(head, min(len(rows), head + settings.k - len(ranked))),
+                                         start=len(ranked) + 1)]
+        out.append(ranked)
     return out
+
+
+def _candidates(query_vecs: np.ndarray, gallery: GalleryIndex, pool: int):
+    """Per query: (gallery rows, relevance, position -> GalleryItem) of its `pool` best candidates. A plain
+    index is read as arrays (items are built only for the hits returned); any other view through `search`."""
+    index = getattr(gallery, "index", None)
+    if index is None or not hasattr(gallery, "item"):
+        for hits in gallery.search(query_vecs, pool):
+            yield (np.array([h.row for h in hits], np.int64), np.array([relevance_of(h) for h in hits]),
+                   lambda i, hits=hits: hits[i].item)
+        return
+    scores, rows = index.search(query_vecs, min(pool, len(gallery)))
+    for srow, rrow in zip(scores, rows):
+        ok = rrow >= 0
+        r = rrow[ok].astype(np.int64)
+        yield r, srow[ok].astype(np.float64), lambda i, r=r: gallery.item(int(r[i]))
 
 
 def shift(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSettings) -> list[list[Hit]]:
