@@ -46,7 +46,7 @@ from search.images import ImageLoadError, load_image, shrink, to_webp  # noqa: E
 from search.limits import RateLimited, RateLimiter  # noqa: E402
 from search.rankings import RankSettings  # noqa: E402
 from search.types import Hit, Query  # noqa: E402
-from search.votes import CHOICES, ImageQuotaExceeded, RankedId, Vote, VoteStore  # noqa: E402
+from search.votes import CHOICES, ImageQuotaExceeded, RankedId, Vote, VoteStore, check_writable  # noqa: E402
 
 if TYPE_CHECKING:
     from models.safety import SafetyFilter
@@ -119,7 +119,10 @@ class Sketchpad(gr.Sketchpad):
     """gr.Sketchpad that checks the size of every image it is sent (composite, background, layers) from the
     header, before Gradio decodes it: a canvas is at most config.SKETCH_MAX_PIXELS."""
 
-    is_template = True  # drawn by gr.Sketchpad's front end
+    is_template = True
+
+    def get_block_name(self) -> str:
+        return "imageeditor"  # drawn by gr.Sketchpad's front end (itself gr.ImageEditor's)
 
     def convert_and_format_image(self, file, flatten_on_white: bool = False):  # noqa: ANN001, ANN201 (Gradio's)
         try:
@@ -451,9 +454,7 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     safety_on = args.safety == "on" or (args.safety == "auto" and args.public)
     try:
-        # the vote store first: an unwritable --data-dir stops the app before the slow part, with a message
-        store = VoteStore(args.data_dir, hub_repo=args.hub_repo,
-                          images_quota_bytes=config.VOTE_IMAGES_QUOTA_BYTES)
+        check_writable(args.data_dir)  # an unwritable --data-dir stops the app before the slow part
         safety = load_safety_filter() if safety_on else None
         if args.index:
             engine = SearchEngine.open(args.index, args.encoder)
@@ -464,6 +465,8 @@ def main(argv: list[str] | None = None) -> None:
                                            cache_dir=args.cache_dir, safety=safety)
         engine.rephraser_spec = args.rephraser
         examples = load_examples()
+        store = VoteStore(args.data_dir, hub_repo=args.hub_repo,
+                          images_quota_bytes=config.VOTE_IMAGES_QUOTA_BYTES)
     except (OSError, ValueError, ImportError) as e:  # a missing folder, a bad source, an unknown encoder, an index
         # of another encoder, an unwritable --data-dir, nudenet not installed
         raise SystemExit(f"app.py: error: {e}") from e

@@ -43,13 +43,14 @@ def load_image(path: str | Path, max_side: int | None = None, max_pixels: int = 
             if max_side:
                 im.draft("RGB", (max_side, max_side))  # JPEG: decode at 1/2, 1/4 or 1/8 scale (no-op otherwise)
             im.load()
-            out = to_rgb(ImageOps.exif_transpose(im))
+            if max_side:  # in place, before any copy: a huge PNG is held full-size only once
+                im.thumbnail((max_side, max_side), Image.LANCZOS)
+            return to_rgb(ImageOps.exif_transpose(im))
     except ImageLoadError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         # PIL's messages name the file: keep only its name (a server path is nobody's business)
         raise ImageLoadError(path, f"not a readable image ({str(e).replace(str(path), path.name)})") from e
-    return shrink(out, max_side) if max_side else out
 
 
 def shrink(image: Image.Image, max_side: int) -> Image.Image:
@@ -78,7 +79,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
     if im.mode in ("RGBA", "LA"):
         background = Image.new("RGBA", im.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, im.convert("RGBA")).convert("RGB")
-    return im.convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")
 
 
 def iter_batches(

@@ -370,6 +370,21 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         raise
 
 
+def check_writable(data_dir: str | Path) -> None:
+    """OSError unless votes could be stored under `data_dir`, found without creating anything: the folder (or
+    the nearest one that exists above it) takes a new file, and an existing votes.db opens for writing."""
+    data_dir = Path(data_dir).expanduser()
+    existing = next(p for p in (data_dir / "images", *(data_dir / "images").parents) if p.exists())
+    try:
+        _probe_write(existing)
+        if (data_dir / "votes.db").exists():
+            with open(data_dir / "votes.db", "r+b"):
+                pass
+    except OSError as e:
+        raise OSError(f"cannot store votes in {data_dir}: it is not writable ({e.strerror or e}); "
+                      "pass a writable --data-dir (env VISUAL_SEARCH_DATA)") from e
+
+
 def _probe_write(folder: Path) -> None:
     """Raise OSError unless a file can be created, written and removed in `folder`."""
     fd, tmp = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=".tmp")

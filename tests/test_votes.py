@@ -20,8 +20,10 @@ import pytest
 from PIL import Image
 
 from search.__main__ import main as cli
+from search.images import to_rgb
 from search.votes import (
     CHOICES,
+    ImageQuotaExceeded,
     RankedId,
     Vote,
     VoteStore,
@@ -144,21 +146,39 @@ def test_votes_survive_reopening_and_schema_is_versioned(tmp_path: Path) -> None
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "CMYK"])
 def test_save_query_image_is_content_addressed_and_atomic(tmp_path: Path, mode: str) -> None:
-    pixels = np.random.default_rng(0).integers(0, 256, (40, 30, len(mode)), dtype=np.uint8)
-    image = Image.fromarray(pixels.squeeze(), mode=mode)
+    ramp = np.linspace(0, 255, 40 * 30 * len(mode)).reshape(40, 30, len(mode)).astype(np.uint8)  # smooth: WebP keeps it
+    image = Image.fromarray(ramp.squeeze(), mode=mode)
     with VoteStore(tmp_path) as store:
         digest = store.save_query_image(image)
         path = store.image_path(digest)
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+        assert path.suffix == ".webp" and hashlib.sha256(path.read_bytes()).hexdigest() == digest
         assert store.save_query_image(image.copy()) == digest
         assert store.save_query_image(image.rotate(90, expand=True)) != digest
         with Image.open(path) as saved:
-            expected = image.convert("RGB") if mode == "CMYK" else image
-            assert saved.size == (30, 40) and np.array_equal(np.asarray(saved), np.asarray(expected))
+            expected = np.asarray(to_rgb(image), np.float32)  # transparency on white, as the app sees it
+            assert saved.format == "WEBP" and saved.size == (30, 40)
+            assert np.abs(np.asarray(saved.convert("RGB"), np.float32) - expected).mean() < 6
         assert sorted(p.name for p in store.images_dir.iterdir()) == sorted(
-            {f"{digest}.png", f"{store.save_query_image(image.rotate(90, expand=True))}.png"})  # no temp files
+            {f"{digest}.webp", f"{store.save_query_image(image.rotate(90, expand=True))}.webp"})  # no temp files
         store.record(make_vote(3, query_text=None, query_image=digest))
         assert store.votes()[0].query_image == digest
+
+
+def test_a_stored_query_image_is_small_and_bounded_by_a_quota(tmp_path: Path) -> None:
+    grain = np.random.default_rng(1).integers(0, 256, (3000, 4000, 3), dtype=np.uint8)  # 36 MB as PNG
+    with VoteStore(tmp_path, images_quota_bytes=3_000_000) as store:
+        digest = store.save_query_image(Image.fromarray(grain))
+        with Image.open(store.image_path(digest)) as saved:
+            assert saved.size == (1024, 768)
+        assert store.image_path(digest).stat().st_size < 1_000_000
+        store.save_query_image(Image.fromarray(grain[:, ::-1]))
+        with pytest.raises(ImageQuotaExceeded, match=r"storage for query images is full \(3 MB\)"):
+            for n in range(2, 8):
+                store.save_query_image(Image.fromarray(np.roll(grain, n, axis=0)))
+        assert sum(p.stat().st_size for p in store.images_dir.iterdir()) <= 3_000_000
+        legacy = store.images_dir / f"{'0' * 64}.png"  # an image stored by app versions before 0.3
+        Image.new("RGB", (4, 4)).save(legacy)
+        assert store.image_path("0" * 64) == legacy
 
 
 @pytest.mark.slow
@@ -375,7 +395,7 @@ def test_unreachable_hub_never_blocks_or_loses_a_vote(tmp_path: Path, caplog: py
     assert store._hub is not None and store._hub.scheduler is None
     assert store.votes() == votes
     assert read_votes(tmp_path / "hub" / "votes") == votes  # queued as JSON lines for a later push
-    assert (tmp_path / "hub" / "images" / f"{digest}.png").read_bytes() == store.image_path(digest).read_bytes()
+    assert (tmp_path / "hub" / "images" / f"{digest}.webp").read_bytes() == store.image_path(digest).read_bytes()
     t0 = time.perf_counter()
     store.close()
     assert time.perf_counter() - t0 < 2.0
@@ -399,7 +419,7 @@ def test_votes_reach_the_hub_once_it_is_back(tmp_path: Path, monkeypatch: pytest
             store.record(v)
         store.close()  # pushes what is pending
         assert hub.votes() == early + late
-        assert hub.files[f"images/{digest}.png"] == store.image_path(digest).read_bytes()
+        assert hub.files[f"images/{digest}.webp"] == store.image_path(digest).read_bytes()
         assert not any(k.endswith(".db") or k.endswith("-wal") for k in hub.files)
     finally:
         hub.shutdown()
