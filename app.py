@@ -18,6 +18,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 os.environ.setdefault("MPLBACKEND", "agg")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from search import config  # noqa: E402
@@ -60,6 +62,19 @@ log = logging.getLogger("app")
 # later: started at once, it held the GIL while that answer and its images were being sent (+0.5-5 s).
 WARM_UP_DELAY = 2.0
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+# The Sketchpad opens with no tool selected ("select the draw tool to start"): pick the brush once it is there.
+BRUSH_READY = """() => {
+  const pick = (tries) => {
+    const brush = document.querySelector('#sketchpad button[aria-label="Brush"], #sketchpad button[title="Brush"]');
+    if (brush) brush.click(); else if (tries > 0) setTimeout(() => pick(tries - 1), 100);
+  };
+  pick(100);
+}"""
+CSS = """#consent p { font-size: var(--text-md); color: var(--body-text-color); }
+.side .caption-label { white-space: normal; overflow-wrap: anywhere; max-width: calc(100% - 8px); line-height: 1.25; }
+"""
+DEFAULT_GALLERY_NOTE = ("This is the built-in sample of package photos: serve your own with "
+                        "`python app.py --gallery FOLDER` (or a .zip, a manifest, a Hugging Face dataset).")
 CONSENT = ("Votes are stored to improve the aligned ranking: the query (text, or the image you drew or "
            "uploaded), both rankings and your choice, with an anonymous session id and nothing else.")
 
@@ -181,18 +196,28 @@ def to_query(text: str | None, sketch: dict | None, upload: str | None, source: 
     return Query(text=text, image=image, text_weight=text_weight)
 
 
-def caption(hit: Hit, show_scores: bool) -> str:
+def caption(hit: Hit, show_scores: bool, percentile: Callable[[float], int] | None = None) -> str:
+    """An item's caption; with scores, on scales a visitor can read: relevance as cosine similarity, the
+    aesthetic score as its percentile among the gallery's images (the scorer's own scale is arbitrary)."""
     label = hit.item.caption or hit.item.label or hit.item.id
     if not show_scores:
         return label
     rel = hit.score if hit.relevance is None else hit.relevance
-    aes = "–" if hit.item.aesthetic is None else f"{hit.item.aesthetic:.2f}"
-    return f"{label} · relevance {rel:.3f} · aesthetic {aes}"
+    aes = ("no aesthetic score" if hit.item.aesthetic is None or percentile is None
+           else f"aesthetic {percentile(hit.item.aesthetic)}th percentile")
+    return f"{label} · relevance {rel:.3f} (cosine) · {aes}"
 
 
-def to_gallery(hits: tuple[Hit, ...], show_scores: bool) -> list[tuple[str, str]]:
+def to_gallery(hits: tuple[Hit, ...], show_scores: bool,
+               percentile: Callable[[float], int] | None = None) -> list[tuple[str, str]]:
     """Hits -> gr.Gallery value: (thumbnail file, caption) in rank order (only thumbnails are ever served)."""
-    return [(str(h.item.thumbnail), caption(h, show_scores)) for h in hits]
+    return [(str(h.item.thumbnail), caption(h, show_scores, percentile)) for h in hits]
+
+
+def percentiles(scores: list[float]) -> Callable[[float], int]:
+    """score -> the percentage (0-100) of `scores` at or below it."""
+    ordered = np.sort(np.asarray(scores, np.float64))
+    return lambda x: int(round(100 * np.searchsorted(ordered, x, side="right") / max(len(ordered), 1)))
 
 
 def describe(shown: Shown, seconds: float) -> str:
@@ -232,9 +257,10 @@ class Limits:
 
 
 def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT_TOP_K,
-             examples: list | None = None, limits: Limits | None = None,
-             safety: SafetyFilter | None = None) -> gr.Blocks:
-    """The page. `examples`: search.examples.ExampleQuery list; `safety`: refuses flagged query images."""
+             examples: list | None = None, limits: Limits | None = None, safety: SafetyFilter | None = None,
+             note: str | None = None) -> gr.Blocks:
+    """The page. `examples`: search.examples.ExampleQuery list; `safety`: refuses flagged query images;
+    `note`: a last sentence for the header."""
     limits = limits or Limits()
 
     @functools.cache
@@ -244,53 +270,64 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         timer.start()
 
     side_of = random.SystemRandom()
-    with gr.Blocks(title="Visual search", analytics_enabled=False, delete_cache=config.CACHE_CLEANUP) as demo:
-        gr.Markdown(f"# Visual search\nFind images with words, a sketch, an artwork or a blurry photo · "
-                    f"{len(engine.gallery)} images · encoder `{engine.encoder.name}`. Two rankings appear side by "
-                    "side in a random order: vote for the better one to see which was which.")
+
+    @functools.cache
+    def aesthetic_percentile() -> Callable[[float], int]:  # read once, at the first search that shows scores
+        return percentiles([r["aesthetic"] for r in engine.gallery.rows if r.get("aesthetic") is not None])
+    with gr.Blocks(title="Visual search", analytics_enabled=False, delete_cache=config.CACHE_CLEANUP,
+                   js=BRUSH_READY, css=CSS) as demo:
+        gr.Markdown(f"# Visual search\nFind images with words, a sketch, an artwork or a blurry photo in "
+                    f"{len(engine.gallery):,} images (encoder `{engine.encoder.name}`). Two rankings appear side by "
+                    f"side in a random order, the plain one and the aesthetically-aligned one: vote for the better "
+                    f"side to see which was which.{' ' + note if note else ''}", elem_id="header")
         shown = gr.State(None, time_to_live=config.SESSION_TTL_SECONDS)
         image_source = gr.State("Sketch")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=300):
+            with gr.Column(scale=2, min_width=320):
                 text = gr.Textbox(label="Text", placeholder="e.g. a cat on a sofa", lines=1, max_lines=3,
                                   max_length=config.MAX_TEXT_CHARS)
-                with gr.Tabs():
-                    with gr.Tab("Sketch") as sketch_tab:
-                        sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=360,
-                                           layers=False, brush=gr.Brush(default_size=3, colors=["#000000"],
-                                                                        color_mode="fixed"))
-                    with gr.Tab("Upload") as upload_tab:
+                with gr.Tabs() as image_tabs:
+                    with gr.Tab("Sketch", id="Sketch") as sketch_tab:
+                        sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=300,
+                                           layers=False, elem_id="sketchpad",
+                                           brush=gr.Brush(default_size=4, colors=["#000000"], color_mode="fixed"))
+                    with gr.Tab("Upload", id="Upload") as upload_tab:
                         upload = ImageUpload(label="Image (artwork, low-res or photo)", type="filepath",
-                                             image_mode=None, sources=["upload", "clipboard"], height=360)
-                text_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Text weight",
-                                        info="with a sketch or image plus text: the text's share of the query")
+                                             image_mode=None, sources=["upload", "clipboard"], height=300)
                 search_btn = gr.Button("Search", variant="primary")
+                if examples:
+                    pictures = [e for e in examples if e.image is not None]
+                    gr.Examples([[e.text] for e in examples if e.image is None], [text], label="Try a text")
+                    gr.Examples([[str(e.image)] for e in pictures if not e.text], [upload], examples_per_page=12,
+                                label="… a picture (drawings, a painting-like photo, a low-res photo)")
+                    with_text = [e for e in pictures if e.text]
+                    gr.Examples([[str(e.image), e.text] for e in with_text], [upload, text],
+                                example_labels=[e.caption for e in with_text],
+                                label="… or a drawing with words")
                 with gr.Accordion("Settings", open=False):
+                    text_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Text weight",
+                                            info="with a sketch or image plus text: the text's share of the query")
                     k = gr.Slider(1, 48, value=top_k, step=1, label="Results per side")
                     aesthetic_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Aesthetic weight",
                                                  info="share of beauty vs relevance in the aligned ranking")
                     rephrase = gr.Checkbox(True, label="Rephrase the query for the aligned ranking")
                     dedup = gr.Checkbox(True, label="Remove near-duplicates from the aligned ranking")
-                    show_scores = gr.Checkbox(False, label="Show relevance and aesthetic scores")
+                    show_scores = gr.Checkbox(False, label="Show relevance and aesthetic scores",
+                                              info="relevance: cosine similarity to the query (-1 to 1); "
+                                                   "aesthetic: percentile among this gallery's images")
             with gr.Column(scale=5):
                 with gr.Row():
-                    gallery_a = gr.Gallery(label="A", columns=4, height=520, object_fit="cover",
-                                           interactive=False, allow_preview=False)
-                    gallery_b = gr.Gallery(label="B", columns=4, height=520, object_fit="cover",
-                                           interactive=False, allow_preview=False)
+                    gallery_a, gallery_b = (gr.Gallery(label=side, columns=3, height=440, object_fit="cover",
+                                                       interactive=False, allow_preview=False, elem_classes="side")
+                                            for side in "AB")
                 info = gr.Markdown("Ask something to see two rankings. Click a result to search for more like it.")
                 with gr.Row():
                     vote_btns = {c: gr.Button(CHOICE_LABELS[c], variant="secondary", interactive=False)
                                  for c in CHOICES}
-                consent = gr.Checkbox(False, label="I agree that my votes are stored", info=CONSENT)
+                consent = gr.Checkbox(False, label="I agree that my votes are stored")
+                gr.Markdown(CONSENT, elem_id="consent")
                 reveal = gr.Markdown()
         picked = gr.Textbox(visible=False)  # the id of a clicked result, for "more like this"
-
-        if examples:
-            # two blocks: text alone renders as compact chips, images (with their text, if any) as a table
-            gr.Examples([[e.text] for e in examples if e.image is None], [text], label="Example texts")
-            gr.Examples([[str(e.image), e.text or ""] for e in examples if e.image is not None], [upload, text],
-                        label="Example images: drawings, a painting-like photo and a low-res photo")
 
         # ------------------------------------------------------------ handlers (short; logic lives in search/)
         def answer(query: Query, settings: dict, previous: Shown | None, request: gr.Request | None):
@@ -308,8 +345,9 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
             log.info("query text=%r image=%s style=%s -> %d+%d hits in %.0f ms", (query.text or "")[:100],
                      query.image is not None, c.style, len(c.baseline), len(c.aligned), c.seconds * 1e3)
             buttons = [gr.Button(interactive=True) for _ in CHOICES]
-            return (to_gallery(state.side("A"), settings["show_scores"]),
-                    to_gallery(state.side("B"), settings["show_scores"]), describe(state, c.seconds), state, "",
+            show = settings["show_scores"]
+            return (to_gallery(state.side("A"), show, aesthetic_percentile()),
+                    to_gallery(state.side("B"), show, aesthetic_percentile()), describe(state, c.seconds), state, "",
                     *buttons)
 
         def guarded(handler):  # noqa: ANN001, ANN202
@@ -374,7 +412,8 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         def rerender(state: Shown | None, show: bool):
             if state is None:
                 return [], []
-            return to_gallery(state.side("A"), show), to_gallery(state.side("B"), show)
+            return (to_gallery(state.side("A"), show, aesthetic_percentile()),
+                    to_gallery(state.side("B"), show, aesthetic_percentile()))
 
         # ------------------------------------------------------------ wiring
         settings_in = [k, aesthetic_weight, rephrase, dedup, show_scores]
@@ -383,7 +422,8 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         heavy = {"concurrency_id": "heavy", "concurrency_limit": limits.concurrency}
         sketch_tab.select(lambda: "Sketch", None, image_source, api_name=False)
         upload_tab.select(lambda: "Upload", None, image_source, api_name=False)
-        upload.change(lambda v: "Upload" if v else "Sketch", upload, image_source, api_name=False)
+        upload.change(lambda v: ("Upload", gr.Tabs(selected="Upload")) if v else ("Sketch", gr.Tabs()), upload,
+                      [image_source, image_tabs], api_name=False)
         # progress and a bad input's error show on the info line only: the galleries keep their results
         gr.on([search_btn.click, text.submit], guarded(search),
               [text, sketch, upload, image_source, text_weight, *settings_in, shown], outputs, api_name="search",
@@ -472,7 +512,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"app.py: error: {e}") from e
     log.info("serving %d images with encoder %s (%d skipped); votes in %s; safety filter %s", len(engine.gallery),
              engine.encoder.fingerprint, len(engine.skipped), store.path, "on" if safety else "off")
-    demo = build_ui(engine, store, args.top_k, examples, Limits(concurrency=args.concurrency), safety)
+    note = None if (args.index or args.gallery) else DEFAULT_GALLERY_NOTE
+    demo = build_ui(engine, store, args.top_k, examples, Limits(concurrency=args.concurrency), safety, note)
     demo.queue(max_size=config.QUEUE_SIZE, default_concurrency_limit=args.concurrency)
     # Only two folders are public, and both hold nothing but files written to be shown: the index's thumbnails
     # (named by digest; those of images the safety filter flagged are blocked) and the example queries.

@@ -55,7 +55,8 @@ def test_text_search_returns_two_rankings_of_k_results(app: App, tmp_path: Path)
     for side in (a, b):
         assert len(set(ids(app, side))) == 5
         assert all(Image.open(r["image"]).size[0] > 0 for r in side)
-        assert all(re.search(r"relevance -?\d\.\d{3} · aesthetic", r["caption"]) for r in side), side
+        assert all(re.search(r"relevance -?\d\.\d{3} \(cosine\) · aesthetic \d+th percentile", r["caption"])
+                   for r in side), side
     assert "skimage/chelsea" in ids(app, a) and "skimage/chelsea" in ids(app, b)
     assert "skimage/chelsea" in (ids(app, a)[0], ids(app, b)[0])  # first at least on the baseline side
     assert "**Query:** text" in info and "**Rephrased:**" in info and "5 results per side" in info

@@ -37,9 +37,9 @@ def browser():
 class Visit:
     """One visitor's page, with the few locators the steps need."""
 
-    def __init__(self, browser, url: str) -> None:
+    def __init__(self, browser, url: str, viewport: tuple[int, int] = (1400, 900)) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        self.page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
         self.page.set_default_timeout(TIMEOUT_MS)
         self.page_errors: list[str] = []
         self.page.on("pageerror", lambda e: self.page_errors.append(str(e)))
@@ -66,18 +66,18 @@ class Visit:
     def info(self) -> str:
         return self.page.locator("[data-testid=markdown]").filter(has_text=re.compile("results per side")).inner_text()
 
-    def shot(self, name: str) -> None:
-        """A full-page screenshot, and the step's duration in steps.txt beside it."""
+    def shot(self, name: str, full_page: bool = True) -> None:
+        """A screenshot (the whole page, or what the window shows), and the step's duration in steps.txt."""
         seconds = time.monotonic() - self.since
         time.sleep(0.3)  # let transitions settle
-        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+        self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full_page)
         with open(ARTIFACTS / "steps.txt", "a") as f:
             f.write(f"{name}.png  {seconds:.1f} s\n")
         self.since = time.monotonic()
 
     def draw(self, strokes: list[list[tuple[float, float]]]) -> None:
-        """Strokes in canvas fractions (0..1), drawn with the mouse on the Sketchpad's canvas."""
-        self.page.get_by_role("button", name="Brush").click()
+        """Strokes in canvas fractions (0..1), drawn with the mouse on the Sketchpad's canvas (the brush is
+        selected when the page opens: no tool to pick first)."""
         canvas = self.page.locator(".pixi-target canvas").first
         box = canvas.bounding_box()
         assert box and box["width"] > 100 and box["height"] > 100, box
@@ -170,4 +170,36 @@ def test_a_bad_input_shows_an_error_and_the_next_query_works(app: App, browser) 
     visit.search_button.click()
     visit.wait_for_results("Query: text")
     visit.shot("08-after-error")
+    assert visit.page_errors == []
+
+
+def test_the_first_screen_shows_the_examples_and_a_ready_canvas(app: App, browser) -> None:
+    visit = Visit(browser, app.url)  # 1400 x 900
+    page = visit.page
+    examples = page.locator("button.gallery-item img, .gallery-item img").first  # example pictures
+    examples.wait_for()
+    for label in ("a cat", "a cup of coffee"):  # example texts
+        box = page.get_by_text(label, exact=True).first.bounding_box()
+        assert box and box["y"] + box["height"] <= 900, (label, box)
+    box = examples.bounding_box()
+    assert box and box["y"] + box["height"] <= 900, box  # visible without scrolling
+    consent = page.locator("#consent p").first
+    assert float(consent.evaluate("e => parseFloat(getComputedStyle(e).fontSize)")) >= 14  # legible
+    visit.shot("09-first-screen", full_page=False)
+    visit.draw(house())  # straight away: the brush is ready
+    visit.search_button.click()
+    visit.wait_for_results(r"Query style: (sketch|doodle) \d")
+    assert visit.page_errors == []
+
+
+def test_the_page_works_on_a_phone(app: App, browser) -> None:
+    visit = Visit(browser, app.url, viewport=(390, 844))
+    page = visit.page
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390 + 1  # no sideways scrolling
+    visit.shot("10-phone-loaded")
+    visit.text.fill("a cat")
+    visit.search_button.click()
+    visit.wait_for_results("Query: text")
+    visit.gallery("A").scroll_into_view_if_needed()
+    visit.shot("11-phone-results")
     assert visit.page_errors == []
