@@ -38,9 +38,12 @@ os.environ.setdefault("MPLBACKEND", "agg")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+import uvicorn  # noqa: E402
+from fastapi import FastAPI  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from search import config  # noqa: E402
+from search.api import create_router, search_json  # noqa: E402
 from search.engine import SearchEngine  # noqa: E402
 from search.examples import ASSETS_DIR, load_examples  # noqa: E402
 from search.gallery import default_gallery  # noqa: E402
@@ -262,6 +265,7 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
     """The page. `examples`: search.examples.ExampleQuery list; `safety`: refuses flagged query images;
     `note`: a last sentence for the header."""
     limits = limits or Limits()
+    unsafe = refuse_unsafe(safety)
 
     @functools.cache
     def warm_up_once() -> None:
@@ -274,8 +278,7 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
     @functools.cache
     def aesthetic_percentile() -> Callable[[float], int]:  # read once, at the first search that shows scores
         return percentiles([r["aesthetic"] for r in engine.gallery.rows if r.get("aesthetic") is not None])
-    with gr.Blocks(title="Visual search", analytics_enabled=False, delete_cache=config.CACHE_CLEANUP,
-                   js=BRUSH_READY, css=CSS) as demo:
+    with gr.Blocks(title="Visual search", analytics_enabled=False, delete_cache=config.CACHE_CLEANUP) as demo:
         gr.Markdown(f"# Visual search\nFind images with words, a sketch, an artwork or a blurry photo in "
                     f"{len(engine.gallery):,} images (encoder `{engine.encoder.name}`). Two rankings appear side by "
                     f"side in a random order, the plain one and the aesthetically-aligned one: vote for the better "
@@ -331,10 +334,8 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
 
         # ------------------------------------------------------------ handlers (short; logic lives in search/)
         def answer(query: Query, settings: dict, previous: Shown | None, request: gr.Request | None):
-            if safety is not None and query.image is not None:
-                verdict = safety.check(query.image)
-                if verdict.flagged:
-                    raise RequestError(f"this image was refused by the safety filter ({verdict.reason})")
+            if unsafe is not None and query.image is not None:
+                unsafe(query.image)  # ValueError: refused by the safety filter
             c = engine.compare(query, RankSettings(k=settings["k"], aesthetic_weight=settings["aesthetic_weight"],
                                                    dedup=settings["dedup"]), rephrase=settings["rephrase"])
             warm_up_once()  # the first answer went out without waiting for it; now load the rest
@@ -352,7 +353,7 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
 
         def guarded(handler):  # noqa: ANN001, ANN202
             """Rate limits first; a visitor's bad input (or a full quota) becomes a message without server paths."""
-            limiter = limits.votes if handler is vote else limits.searches
+            limiter = limits.votes if handler.__name__ == "vote" else limits.searches
 
             @functools.wraps(handler)  # Gradio reads the handler's signature: its gr.Request comes last
             def run(*args):  # noqa: ANN002, ANN202
@@ -427,11 +428,11 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         # progress and a bad input's error show on the info line only: the galleries keep their results
         gr.on([search_btn.click, text.submit], guarded(search),
               [text, sketch, upload, image_source, text_weight, *settings_in, shown], outputs, api_name="search",
-              show_progress_on=info, **heavy)
+              show_progress_on=info, api_visibility="undocumented", **heavy)
         # API-only endpoints are hidden buttons, so they share the session's state with /search
         more_btn, vote_btn, choice = gr.Button(visible=False), gr.Button(visible=False), gr.Textbox(visible=False)
         more_btn.click(guarded(more_like_this), [picked, *settings_in, shown], outputs, api_name="more_like_this",
-                       show_progress_on=info, **heavy)
+                       show_progress_on=info, api_visibility="undocumented", **heavy)
         for side, g in (("A", gallery_a), ("B", gallery_b)):
             def pick_on(state: Shown | None, evt: gr.SelectData, side: str = side) -> str:
                 return pick(state, side, evt)  # a def, not functools.partial: Gradio finds evt by its type hint
@@ -440,11 +441,32 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
                 guarded(more_like_this), [picked, *settings_in, shown], outputs, api_name=False,
                 show_progress_on=info, **heavy)
         vote_io = ([choice, shown, consent], [reveal, shown, *vote_btns.values()])
-        vote_btn.click(guarded(vote), *vote_io, api_name="vote", **heavy)
+        vote_btn.click(guarded(vote), *vote_io, api_name="vote", api_visibility="undocumented", **heavy)
         for c, btn in vote_btns.items():
             btn.click(lambda c=c: c, None, choice, api_name=False).then(guarded(vote), *vote_io, api_name=False,
                                                                          **heavy)
         show_scores.change(rerender, [shown, show_scores], [gallery_a, gallery_b], api_name=False)
+
+        def find_images(text: str, k: int = 8, ranking: str = "aligned", request: gr.Request = None) -> list[dict]:
+            """Find images in this app's gallery that match a text description, e.g. "a cat on a sofa".
+
+            Args:
+                text: what to look for, in plain words (at most 1,000 characters)
+                k: how many images to return, 1 to 48
+                ranking: "aligned" (relevant images ordered by how good they look) or "baseline" (relevance only)
+
+            Returns:
+                the best matches first, each with id, caption, relevance, aesthetic score and thumbnail URL
+            """
+            if ranking not in ("aligned", "baseline") or not 1 <= int(k) <= 48:
+                raise RequestError("ranking must be \"aligned\" or \"baseline\", and k in 1..48")
+            query = to_query(text, None, None, "Upload", 0.5)
+            base = str(getattr(request, "base_url", "") or "")
+            return search_json(engine, query, int(k), ranking, base)["hits"]
+
+        # the tool an agent sees (MCP) and the plain API call; the page's own endpoints stay callable by
+        # gradio_client but are left out of the API docs and the MCP tool list (votes are never a tool)
+        gr.api(guarded(find_images), api_name="find_images", **heavy)
     return demo
 
 
@@ -472,7 +494,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="address to serve on (default %(default)s; env GRADIO_SERVER_NAME)")
     add("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
         help="port to serve on (default %(default)s; env GRADIO_SERVER_PORT)")
-    add("--share", action="store_true", help="also serve through a public gradio.live link")
+    add("--share", action="store_true", help="also serve through a public gradio.live link (page and Gradio API only)")
+    add("--mcp", action="store_true", help="also serve the search as an MCP tool (find_images) at /gradio_api/mcp/")
     add("--public", action="store_true", default=config.PUBLIC,
         help="public-demo defaults: the safety filter on (default on a Hugging Face Space, where SPACE_ID is set)")
     add("--safety", choices=["auto", "on", "off"], default="auto",
@@ -520,9 +543,31 @@ def main(argv: list[str] | None = None) -> None:
     # Originals, index files and whatever lies beside a gallery never are.
     flagged = [str(engine.gallery.item(r).thumbnail) for r in engine.gallery.flagged_rows
                if engine.gallery.item(r).thumbnail]
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share,
-                max_file_size=config.MAX_UPLOAD_BYTES, blocked_paths=flagged,
-                allowed_paths=[str(engine.gallery.root / "thumbs"), str(ASSETS_DIR / "examples")])
+    serve = {"max_file_size": config.MAX_UPLOAD_BYTES, "blocked_paths": flagged, "css": CSS, "js": BRUSH_READY,
+             "allowed_paths": [str(engine.gallery.root / "thumbs"), str(ASSETS_DIR / "examples")]}
+    if args.share:  # a gradio.live link serves the page and its API only (no REST routes through the tunnel)
+        demo.launch(server_name=args.host, server_port=args.port, share=True, mcp_server=args.mcp, **serve)
+        return
+    # the REST API and the page on one server: /api/... first, the page (and its own API) at /
+    app = FastAPI(title="Visual search", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.include_router(create_router(engine, RateLimiter("searches", config.SEARCHES_PER_MINUTE),
+                                     check_image=refuse_unsafe(safety)))
+    app = gr.mount_gradio_app(app, demo, path="/", mcp_server=args.mcp, **serve)
+    print(f"* Running on local URL:  http://{args.host}:{args.port}  (REST API: /api/search, docs: /api/docs"
+          f"{', MCP: /gradio_api/mcp/' if args.mcp else ''})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def refuse_unsafe(safety: SafetyFilter | None) -> Callable | None:
+    """A check that raises ValueError for an image the safety filter flags (None without a filter)."""
+    if safety is None:
+        return None
+
+    def check(image: Image.Image) -> None:
+        verdict = safety.check(image)
+        if verdict.flagged:
+            raise ValueError(f"this image was refused by the safety filter ({verdict.reason})")
+    return check
 
 
 def load_safety_filter():  # noqa: ANN201 (models.safety is imported only when the filter is on)

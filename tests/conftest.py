@@ -104,7 +104,7 @@ class App:
 @pytest.fixture(scope="session")
 def app(tmp_path_factory: pytest.TempPathFactory):
     """One app.py on the default gallery for the whole session (test modules share it; votes accumulate)."""
-    with App(tmp_path_factory.mktemp("app")) as app:
+    with App(tmp_path_factory.mktemp("app"), "--mcp") as app:
         yield app
 
 

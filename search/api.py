@@ -1,0 +1,125 @@
+"""A plain REST API beside the page, like clip-retrieval's knn service: queries in, JSON hits out.
+
+    GET  /api/search?text=a+red+bicycle&k=12&ranking=aligned
+    POST /api/search   (multipart: image=@photo.jpg, and optionally text, k, ranking, text_weight)
+    GET  /api/thumbnail/{id}
+
+The limits are the page's: the same per-visitor rate limiter, upload size, pixel count and text length.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse, JSONResponse
+
+from . import config
+from .engine import SearchEngine
+from .images import ImageLoadError, load_image
+from .limits import RateLimited, RateLimiter
+from .rankings import RankSettings
+from .types import Hit
+from .types import Query as SearchQuery
+
+log = logging.getLogger(__name__)
+MAX_K = 100
+RANKINGS = ("baseline", "aligned")
+
+
+@dataclass(frozen=True)
+class HitJSON:
+    id: str
+    rank: int
+    score: float                   # what the ranking sorted by
+    relevance: float               # cosine similarity to the query (-1..1)
+    aesthetic: float | None        # the scorer's raw score (higher is better), if indexed with one
+    caption: str | None
+    thumbnail: str                 # URL of the item's thumbnail on this server
+
+
+def hit_json(hit: Hit, base_url: str) -> dict:
+    rel = hit.score if hit.relevance is None else hit.relevance
+    return asdict(HitJSON(hit.item.id, hit.rank, round(hit.score, 6), round(rel, 6), hit.item.aesthetic,
+                          hit.item.caption or hit.item.label, f"{base_url}api/thumbnail/{hit.item.id}"))
+
+
+def search_json(engine: SearchEngine, query: SearchQuery, k: int, ranking: str, base_url: str) -> dict:
+    """One query -> {"query", "ranking", "style", "rephrased", "seconds", "hits"}: the app's own ranking path."""
+    c = engine.compare(query, RankSettings(k=k), rephrase=ranking == "aligned")
+    hits = c.aligned if ranking == "aligned" else c.baseline
+    return {"query": {"text": query.text, "image": query.image is not None}, "ranking": ranking, "style": c.style,
+            "rephrased": c.rephrasing.rephrased if c.rephrasing and ranking == "aligned" else None,
+            "seconds": round(c.seconds, 4), "hits": [hit_json(h, base_url) for h in hits]}
+
+
+def create_router(engine: SearchEngine, limiter: RateLimiter,
+                  check_image: Callable | None = None) -> APIRouter:
+    """The /api routes over `engine`. `check_image(PIL image)` may raise ValueError to refuse an image
+    (the safety filter)."""
+    router = APIRouter(prefix="/api")
+
+    def checked(text: str | None, k: int, ranking: str, request: Request) -> None:
+        host = request.client.host if request.client else "unknown"
+        try:
+            limiter.take(f"ip:{host}")
+        except RateLimited as e:
+            raise HTTPException(429, str(e), headers={"Retry-After": str(int(e.retry_after) + 1)}) from e
+        if ranking not in RANKINGS:
+            raise HTTPException(400, f"ranking must be one of {', '.join(RANKINGS)}, got {ranking[:20]!r}")
+        if not 1 <= k <= MAX_K:
+            raise HTTPException(400, f"k must be in 1..{MAX_K}, got {k}")
+        if text and len(text) > config.MAX_TEXT_CHARS:
+            raise HTTPException(400, f"the text is {len(text):,} characters long; at most "
+                                     f"{config.MAX_TEXT_CHARS:,} are searched")
+
+    def answer(query_args: dict, k: int, ranking: str, request: Request) -> JSONResponse:
+        try:
+            query = SearchQuery(**query_args)
+            if query.image is not None and check_image is not None:
+                check_image(query.image)
+            return JSONResponse(search_json(engine, query, k, ranking, str(request.base_url)))
+        except (ValueError, ImageLoadError) as e:
+            raise HTTPException(400, str(e)) from e
+
+    @router.get("/search")
+    def get_search(request: Request, text: Annotated[str, Query(description="what to look for")],
+                   k: int = config.DEFAULT_TOP_K, ranking: str = "aligned") -> JSONResponse:
+        """Hits for a text query."""
+        checked(text, k, ranking, request)
+        return answer({"text": text}, k, ranking, request)
+
+    @router.post("/search")
+    def post_search(request: Request, image: Annotated[UploadFile, File()],
+                    text: Annotated[str | None, Form()] = None, k: Annotated[int, Form()] = config.DEFAULT_TOP_K,
+                    ranking: Annotated[str, Form()] = "aligned",
+                    text_weight: Annotated[float, Form()] = 0.5) -> JSONResponse:
+        """Hits for an image query (a sketch, an artwork, a low-res or any photo), optionally with text."""
+        checked(text, k, ranking, request)
+        data = image.file.read(config.MAX_UPLOAD_BYTES + 1)
+        if len(data) > config.MAX_UPLOAD_BYTES:
+            raise HTTPException(413, f"the image is over the {config.MAX_UPLOAD_BYTES // 2**20} MB upload limit")
+        name = os.path.basename(image.filename or "upload")
+        with tempfile.NamedTemporaryFile(suffix=os.path.splitext(name)[1][:10]) as f:
+            f.write(data)
+            f.flush()
+            try:
+                picture = load_image(f.name, max_side=config.QUERY_MAX_SIDE)
+            except ImageLoadError as e:
+                raise HTTPException(400, f"{name}: {e.reason.replace(f.name, name)}") from e
+        return answer({"text": text, "image": picture, "text_weight": text_weight}, k, ranking, request)
+
+    @router.get("/thumbnail/{item_id:path}")
+    def thumbnail(item_id: str) -> FileResponse:
+        """The thumbnail of a gallery item (never the original, never a flagged item)."""
+        row = engine.gallery.row_of(item_id)
+        item = engine.gallery.item(row) if row is not None and not engine.gallery.is_flagged(row) else None
+        if item is None or item.thumbnail is None or not item.thumbnail.is_file():
+            raise HTTPException(404, f"no thumbnail for {item_id[:100]!r}")
+        return FileResponse(item.thumbnail, media_type="image/jpeg")
+
+    return router
