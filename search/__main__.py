@@ -60,11 +60,29 @@ def _query(args: argparse.Namespace) -> int:
     return 0
 
 
+def _publish_index(args: argparse.Namespace) -> int:
+    from .hub import publish_index
+
+    where = publish_index(args.index, args.repo, private=args.private, with_images=args.with_images,
+                          dry_run=args.dry_run)
+    print(f"staged in {where} (nothing uploaded)" if args.dry_run else f"published {args.index} to {where}")
+    return 0
+
+
 def _export_votes(args: argparse.Namespace) -> int:
     from .votes import export_votes
 
     n = export_votes(args.data_dir, args.out)
     print(f"{n} vote(s) written to {args.out}")
+    return 0
+
+
+def _vote_report(args: argparse.Namespace) -> int:
+    from .vote_report import load_votes, write_report
+
+    votes = load_votes(None if args.votes else args.data_dir, args.votes)
+    md = write_report(votes, args.out, bootstrap=args.bootstrap, ties=args.ties)
+    print(f"{len(votes)} vote(s): {md} and plots in {md.parent}")
     return 0
 
 
@@ -155,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index a folder, manifest (.jsonl/.csv) or .zip of images into a directory")
-    p.add_argument("source", help="folder (recursive), manifest with a path column, or .zip")
+    p.add_argument("source", help="folder (recursive), manifest with a path column, .zip, or a Hugging Face dataset: "
+                                  "hf://datasets/OWNER/NAME[:SPLIT] (or a local Parquet / save_to_disk copy)")
     p.add_argument("--out", required=True, help="index directory (created; re-running updates it)")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name (default {DEFAULT_ENCODER})")
     p.add_argument("--factory", help="FAISS index_factory string, e.g. Flat, HNSW32, 'PCAR256,IVF4096,PQ64x4fs' "
@@ -174,12 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_index)
 
     p = sub.add_parser("query", help="search an index directory from the command line")
-    p.add_argument("index", help="index directory")
+    p.add_argument("index", help="index directory, or hf://datasets/OWNER/NAME (a published index, fetched once)")
     p.add_argument("--text", help="text query")
     p.add_argument("--image", help="image query file")
     p.add_argument("-k", type=int, default=10, help="results (default %(default)s)")
     p.add_argument("--encoder", help="encoder (default: the one the index was built with)")
     p.set_defaults(func=_query)
+
+    p = sub.add_parser("publish-index", help="upload an index directory to a Hugging Face dataset repo")
+    p.add_argument("index", help="index directory (built by `python -m search index`)")
+    p.add_argument("--repo", required=True, help="dataset repo OWNER/NAME (created if missing; needs HF_TOKEN or "
+                                                 "`hf auth login`)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--with-images", action="store_true",
+                   help="also upload the images extracted under the index (files/); default: thumbnails only")
+    p.add_argument("--dry-run", action="store_true", help="stage the files to upload in a temporary folder, "
+                                                          "upload nothing")
+    p.set_defaults(func=_publish_index)
 
     p = sub.add_parser("eval", help="retrieval metrics on a benchmark folder (gallery.jsonl + queries.jsonl)")
     p.add_argument("benchmark", help="benchmark folder")
@@ -260,6 +290,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-dir", default=str(DATA_DIR), help="the app's data directory (default %(default)s)")
     p.add_argument("--out", required=True, help="output file: votes.jsonl or votes.parquet")
     p.set_defaults(func=_export_votes)
+
+    p = sub.add_parser("vote-report", help="what the votes say: report.md and plots (win rates, kinds, arena)")
+    p.add_argument("--data-dir", default=str(DATA_DIR), help="the app's data directory (default %(default)s)")
+    p.add_argument("--votes", help="read an export (.jsonl/.parquet, or a folder of them) instead of --data-dir")
+    p.add_argument("--out", required=True, help="output folder (report.md and PNG plots)")
+    p.add_argument("--bootstrap", type=int, default=1000,
+                   help="Bradley-Terry bootstrap resamples (default %(default)s)")
+    p.add_argument("--ties", choices=["half", "exclude"], default="half",
+                   help="Bradley-Terry: a tie or both-bad vote counts half a win to each side, or is left out "
+                        "(default %(default)s)")
+    p.set_defaults(func=_vote_report)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

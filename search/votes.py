@@ -33,7 +33,7 @@ from .vote_sync import HubSync
 logger = logging.getLogger(__name__)
 
 CHOICES = ("A", "B", "tie", "both_bad")
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2                # 2: system_a, system_b (the arena's systems shown; NULL before)
 BUSY_TIMEOUT_MS = 60_000          # a writer waits this long for the lock before giving up (never seen near it)
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -70,6 +70,11 @@ class Vote:
     encoder: str                   # encoder fingerprint
     index: str                     # index fingerprint / snapshot
     settings: dict                 # JSON-serialisable search settings, e.g. {"k": 12, "dedup": true}
+    # the systems shown on each side (search/arena.py: "ENCODER:RANKING[:KEY=VALUE...]", e.g. "lite:aligned"),
+    # both or neither; None (votes before the arena, and the default app): baseline vs aligned of `encoder`,
+    # the baseline on `baseline_side`
+    system_a: str | None = None
+    system_b: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.vote_id, str) or not _HEX32.fullmatch(self.vote_id):
@@ -108,6 +113,18 @@ class Vote:
         except (TypeError, ValueError) as e:
             raise ValueError(f"vote settings must be JSON-serialisable (str keys, finite numbers): {e}") from e
         object.__setattr__(self, "settings", settings)
+        if (self.system_a is None) != (self.system_b is None):
+            raise ValueError("give both system_a and system_b (the systems shown on A and B), or neither")
+        for name in ("system_a", "system_b"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ValueError(f"vote {name} must be a non-empty string (a system such as 'lite:aligned'), "
+                                 f"got {value!r}")
+
+    @property
+    def systems(self) -> dict[str, str] | None:
+        """{"A": system shown on A, "B": ...}, or None for a vote that does not name them."""
+        return None if self.system_a is None else {"A": self.system_a, "B": self.system_b}
 
     @property
     def preferred(self) -> str:
@@ -128,6 +145,7 @@ def _finite(value: Any, what: str) -> float:
 
 # ---------------------------------------------------------------- flat records (export, Hub lines, DB rows)
 _FIELDS = tuple(f.name for f in fields(Vote))
+_OPTIONAL = ("system_a", "system_b")  # added in schema 2: records written before lack them (read as None)
 
 
 def vote_to_record(vote: Vote) -> dict[str, Any]:
@@ -143,10 +161,10 @@ def vote_to_record(vote: Vote) -> dict[str, Any]:
 
 def vote_from_record(record: dict[str, Any]) -> Vote:
     """Inverse of `vote_to_record` (also accepts settings as a dict, and a record without `preferred`)."""
-    missing = [name for name in _FIELDS if name not in record]
+    missing = [name for name in _FIELDS if name not in record and name not in _OPTIONAL]
     if missing:
         raise ValueError(f"vote record lacks {', '.join(missing)}: is this a file written by export-votes?")
-    values = {name: record[name] for name in _FIELDS}
+    values = {name: record.get(name) for name in _FIELDS}
     for side in ("side_a", "side_b"):
         if not isinstance(values[side], list):
             raise ValueError(f"{side} must be a list of {{id, score, aesthetic}}, got {values[side]!r}")
@@ -184,13 +202,27 @@ CREATE TABLE IF NOT EXISTS votes (
     app_version TEXT NOT NULL,
     encoder TEXT NOT NULL,
     "index" TEXT NOT NULL,
-    settings TEXT NOT NULL         -- JSON object
+    settings TEXT NOT NULL,        -- JSON object
+    system_a TEXT,                 -- schema 2: the systems shown (NULL: baseline vs aligned)
+    system_b TEXT
 );
 CREATE INDEX IF NOT EXISTS votes_by_time ON votes (time);
 """
 _COLUMNS = ", ".join(f'"{name}"' for name in _FIELDS)
 _INSERT = (f"INSERT INTO votes ({_COLUMNS}) VALUES ({', '.join(':' + n for n in _FIELDS)}) "
            "ON CONFLICT (vote_id) DO NOTHING")  # not INSERT OR IGNORE: that would also swallow CHECK failures
+
+
+def _migrate(conn: sqlite3.Connection, version: int) -> None:
+    """Bring a database of an older schema to SCHEMA_VERSION, inside the caller's transaction (so processes
+    opening it at once migrate it once). Only columns are added: an older row reads with them NULL."""
+    columns = {name for _, name, *_ in conn.execute("PRAGMA table_info(votes)")}
+    for name in _OPTIONAL:  # 1 -> 2: the arena's systems
+        if name not in columns:
+            conn.execute(f"ALTER TABLE votes ADD COLUMN {name} TEXT")
+    conn.execute("DELETE FROM schema_version")
+    conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+    logger.info("votes database migrated from schema %d to %d", version, SCHEMA_VERSION)
 
 
 def _vote_from_db(row: tuple) -> Vote:
@@ -277,6 +309,8 @@ class VoteStore:
             elif max(versions) > SCHEMA_VERSION:
                 raise OSError(f"{self.path} has vote schema version {max(versions)}, newer than this app's "
                               f"{SCHEMA_VERSION}: upgrade the app (or use another --data-dir)")
+            elif max(versions) < SCHEMA_VERSION:
+                _migrate(conn, max(versions))
             # a write that is rolled back: a read-only database fails here, at start, not at the first vote
             conn.execute("DELETE FROM votes WHERE vote_id = ''")
 

@@ -23,6 +23,7 @@ from search.__main__ import main as cli
 from search.images import to_rgb
 from search.votes import (
     CHOICES,
+    SCHEMA_VERSION,
     ImageQuotaExceeded,
     RankedId,
     Vote,
@@ -129,13 +130,13 @@ def test_votes_survive_reopening_and_schema_is_versioned(tmp_path: Path) -> None
     store.close()  # idempotent
     db = sqlite3.connect(tmp_path / "votes.db")
     assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
     with VoteStore(tmp_path) as store:
         assert store.votes() == votes and store.integrity_check() == "ok"
-        assert db.execute("SELECT version FROM schema_version").fetchall() == [(1,)]  # not added twice
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]  # not added twice
     db.execute("UPDATE schema_version SET version = 7")
     db.commit()
-    with pytest.raises(OSError, match=r"vote schema version 7, newer than this app's 1: upgrade the app"):
+    with pytest.raises(OSError, match=r"vote schema version 7, newer than this app's 2: upgrade the app"):
         VoteStore(tmp_path)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "votes.db").write_bytes(b"not a database" * 100)
