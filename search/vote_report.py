@@ -460,11 +460,11 @@ def figures(report: ReportData) -> dict[str, Figure]:
     out["win_rates"] = fig
 
     kinds = [(k, tl) for k, tl in report.by_kind if tl.n or k in KINDS]
-    fig = _figure(7, 0.45 * len(kinds) + 1.2)
+    fig = _figure(7, max(2.4, 0.45 * len(kinds) + 1.2))
     _rate_bars(fig.add_subplot(), [k for k, _ in kinds], [tl for _, tl in kinds], "By query kind")
     out["by_kind"] = fig
 
-    fig = _figure(7, 0.45 * max(1, len(report.by_version)) + 1.2)
+    fig = _figure(7, max(2.4, 0.45 * len(report.by_version) + 1.2))
     _rate_bars(fig.add_subplot(), [k for k, _ in report.by_version], [tl for _, tl in report.by_version],
                "By encoder · index version")
     out["by_version"] = fig
@@ -479,6 +479,7 @@ def figures(report: ReportData) -> dict[str, Figure]:
             h = np.array([getattr(b.tally, key) for b in report.over_time], float)
             top.bar(x, h, bottom=base, color=COLOURS[key], label=key.replace("_", " "), width=0.8)
             base += h
+        top.set_ylim(0, max(1.0, base.max()) * 1.45)  # room for the legend above the bars
         top.legend(fontsize=7, ncol=4, loc="upper left")
         rates = [b.cumulative.aligned_rate for b in report.over_time]
         est = np.array([np.nan if math.isnan(r.estimate) else r.estimate for r in rates])
@@ -492,7 +493,7 @@ def figures(report: ReportData) -> dict[str, Figure]:
     top.set_title(f"Votes per {report.bucket}", fontsize=10)
     out["over_time"] = fig
 
-    fig = _figure(7, 0.5 * max(1, len(report.systems)) + 1.2)
+    fig = _figure(7, max(2.4, 0.5 * len(report.systems) + 1.2))
     ax = fig.add_subplot()
     if report.systems:
         y = np.arange(len(report.systems))[::-1]
