@@ -25,6 +25,9 @@ so it never changes a text query's ranking.
 from __future__ import annotations
 
 import functools
+import glob
+import hashlib
+import io
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -308,15 +311,16 @@ class LiteHeads(nn.Module):
         return N_CLASSES + (TEXT_DIM if self.cfg.minilm_mix else 0) + self.cfg.dim + self.cfg.space_dim
 
     def save(self, path: str | Path) -> None:
-        """fp16 weights (the file is committed; halves its size at no measurable cost)."""
-        path = Path(path)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"config": asdict(self.cfg), "state": {k: v.half() for k, v in self.state_dict().items()}}, tmp)
-        tmp.replace(path)
+        """fp16 weights (the file is committed; halves its size at no measurable cost), written as consecutive
+        byte parts `path.000`, `path.001`, ... when larger than a Space accepts without LFS (see `heads_files`)."""
+        buf = io.BytesIO()
+        torch.save({"config": asdict(self.cfg), "state": {k: v.half() for k, v in self.state_dict().items()}}, buf)
+        write_heads_bytes(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | Path) -> LiteHeads:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        """`path`: a heads file, or the common name of its parts (`path.000`, `path.001`, ...)."""
+        blob = torch.load(io.BytesIO(read_heads_bytes(path)), map_location="cpu", weights_only=True)
         # heads saved before the instance part existed have none
         raw = {"space_dim": 0, "space_mix": 0.0, **blob["config"]}
         cfg = HeadsConfig(**{**raw, "image_features": tuple(raw["image_features"])})
@@ -325,13 +329,57 @@ class LiteHeads(nn.Module):
         return heads.eval().requires_grad_(False)
 
 
+# A Hugging Face Space refuses a pushed file over 10 MB unless it is tracked with LFS: heads files larger than
+# this are stored as consecutive byte ranges of the one file torch.save wrote (`lite_heads.pt.000`, `.001`, ...).
+# Joined, the parts are that file byte for byte: the same weights, and the same fingerprint (its sha256).
+MAX_PART_BYTES = 9_000_000
+
+
+def heads_files(path: str | Path) -> list[Path]:
+    """The files holding the heads named `path`: `[path]` if it is a file, else its parts in order ([] if none)."""
+    path = Path(path)
+    return [path] if path.is_file() else _parts(path)
+
+
+def _parts(path: Path) -> list[Path]:
+    return sorted(p for p in path.parent.glob(f"{glob.escape(path.name)}.[0-9][0-9][0-9]") if p.is_file())
+
+
+def read_heads_bytes(path: str | Path) -> bytes:
+    files = heads_files(path)
+    if not files:
+        raise FileNotFoundError(f"heads file {path} not found (nor its parts {Path(path).name}.000, ...)")
+    return b"".join(f.read_bytes() for f in files)
+
+
+def heads_sha256(path: str | Path, n_hex: int = 12) -> str:
+    """Short content hash of the heads (of the joined parts: the same as of the single file they were cut from)."""
+    return hashlib.sha256(read_heads_bytes(path)).hexdigest()[:n_hex]
+
+
+def write_heads_bytes(path: str | Path, data: bytes, max_part: int = MAX_PART_BYTES) -> list[Path]:
+    """Write `data` as the heads named `path`: one file if it fits in `max_part` bytes, else parts of at most
+    `max_part` bytes. Stale parts or a stale single file of an earlier save are removed."""
+    path = Path(path)
+    chunks = [data] if len(data) <= max_part else [data[i : i + max_part] for i in range(0, len(data), max_part)]
+    targets = [path] if len(chunks) == 1 else [path.with_name(f"{path.name}.{i:03d}") for i in range(len(chunks))]
+    stale = set(_parts(path)) | ({path} if path.is_file() else set())
+    for target, chunk in zip(targets, chunks):
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(chunk)
+        tmp.replace(target)
+    for old in stale - set(targets):
+        old.unlink(missing_ok=True)
+    return targets
+
+
 # ---------------------------------------------------------------- the encoder
 class LiteEncoder(Encoder):
     def __init__(self, name: str, heads_path: str | Path, batch_size: int = 32,
                  style_space: str | Path | None = None, style_adapters: str | Path | None = None,
                  aesthetic_gate: str | Path | None = None, query_bank: str | Path | None = None) -> None:
         heads_path = Path(heads_path)
-        if not heads_path.is_file():
+        if not heads_files(heads_path):
             raise FileNotFoundError(
                 f"encoder {name!r}: heads file {heads_path} not found; train it with "
                 "`python -m search train-encoder --data ../shared/data --out " f"{heads_path}`")
@@ -344,7 +392,7 @@ class LiteEncoder(Encoder):
         self.batch_size = batch_size
         self.heads = LiteHeads.load(heads_path)
         # Adapters change query vectors only (never a photo's), so indexes check the heads' (and gate's) hash.
-        self._fingerprint = f"{name}@{file_sha256(heads_path)}"
+        self._fingerprint = f"{name}@{heads_sha256(heads_path)}"
         self.gate = AestheticGate.load(aesthetic_gate) if aesthetic_gate else None
         if self.gate is not None:
             self._fingerprint += f"+{file_sha256(aesthetic_gate)}"

@@ -52,8 +52,12 @@ class SearchEngine:
 
     @classmethod
     def open(cls, index_dir: str | Path, encoder: str | Encoder | None = None) -> SearchEngine:
-        """A built index directory; the encoder defaults to the one it was built with."""
-        meta = read_meta(Path(index_dir))
+        """A built index directory, or hf://datasets/OWNER/NAME (a published one, fetched once: search/hub.py);
+        the encoder defaults to the one it was built with."""
+        from .hub import resolve_index
+
+        index_dir = resolve_index(index_dir)
+        meta = read_meta(index_dir)
         name = encoder or (meta.encoder if meta else "lite")
         enc = get_encoder(name) if isinstance(name, str) else name
         return cls(enc, GalleryIndex.load(index_dir, enc))
@@ -81,9 +85,13 @@ class SearchEngine:
     def from_source(cls, source: str | Path, encoder: str | Encoder = "lite", cache_dir: str | Path = CACHE_DIR,
                     scorer: str | None = "auto",
                     safety: SafetyFilter | bool | str | None = None) -> tuple[SearchEngine, BuildReport]:
-        """A folder, manifest or zip, indexed under the cache (the same code as `python -m search index`)."""
+        """A folder, manifest, zip or dataset (hf://datasets/...), indexed under the cache (the same code as
+        `python -m search index`)."""
+        from .hub import is_hub_spec
+
         enc = get_encoder(encoder) if isinstance(encoder, str) else encoder
-        index_dir = cache_index_dir(cache_dir, str(Path(source).resolve()), enc)
+        name = str(source) if is_hub_spec(source) else str(Path(source).resolve())
+        index_dir = cache_index_dir(cache_dir, name, enc)
         items, skipped = read_source(source, extract_to=index_dir / "files")
         return cls.build(items, enc, index_dir, str(source), skipped, scorer=scorer, safety=safety)
 

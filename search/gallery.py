@@ -59,11 +59,16 @@ def default_gallery() -> list[GalleryItem]:
 
 
 def read_source(source: str | Path, extract_to: str | Path | None = None) -> tuple[list[GalleryItem], list[Skipped]]:
-    """A folder (recursive), a manifest (.jsonl / .csv) or a .zip -> (gallery items, entries left out).
+    """A folder (recursive), a manifest (.jsonl / .csv), a .zip or a dataset -> (gallery items, entries left out).
 
     A zip is extracted (only its image entries) under `extract_to`; entries that would land outside it
-    (`../`, absolute names) are refused.
+    (`../`, absolute names) are refused. A Hugging Face dataset (hf://datasets/OWNER/NAME[:SPLIT], or a local
+    one in a format `datasets` writes) has its images written under `extract_to` (search/hub.py).
     """
+    from . import hub
+
+    if hub.is_dataset_source(source):  # hf://datasets/OWNER/NAME[:SPLIT], or Parquet / save_to_disk of `datasets`
+        return hub.dataset_gallery(source, extract_to)
     source = Path(source)
     if source.is_dir():
         return folder_gallery(source)
