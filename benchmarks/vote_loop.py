@@ -17,12 +17,12 @@ learns from their export, and the retrained encoder's single-stage ranking agree
 4. `python -m search export-votes`, then for N in --votes: `python -m search train-align --votes` on the first
    N training votes (small data: the training-class photos plus a few PACS/Sketchy photos; --steps), and
    N = 0 (no votes: the same lists only) as the control.
-5. Agreement with the held-out votes (other classes; never trained on), of each encoder's single-stage
-   ranking (cosine of the lite heads, through the trained aesthetic gate): per decisive vote, the item pairs
-   it orders (the winner side's top 10 over the loser's, as train-align reads a vote, plus every pair the two
-   sides order oppositely); pair agreement = share of them the encoder orders the winner's way; vote
-   agreement = share of votes where the encoder orders more than half of them the winner's way (half a point
-   at exactly half).
+5. Agreement with the held-out votes (other classes; never trained on) of each encoder's single-stage
+   ranking (cosine of the lite heads, through the trained aesthetic gate). Vote agreement: the encoder judges
+   the two lists shown by the rank-discounted sum of its own scores of their top 10 (the list its kNN ranking
+   would put first scores highest) and agrees when it picks the visitor's side. Pair agreement: of the item
+   pairs a decisive vote states (the winner side's top 10 over the loser's, items both show left out, as
+   train-align reads a vote; plus every pair the sides order oppositely), the share it scores the winner's way.
 Prints the time of each phase and the table.
 """
 from __future__ import annotations
@@ -222,18 +222,27 @@ def vote_item_pairs(vote: Vote) -> list[tuple[str, str]]:
 
 
 def agreement(votes: list[Vote], score) -> tuple[float, float, int, int]:  # noqa: ANN001
-    """(vote agreement, pair agreement, decisive votes with pairs, pairs); `score(text, ids) -> scores`."""
+    """(vote agreement, pair agreement, decisive votes, item pairs) of an encoder, `score(text, ids) -> scores`.
+
+    Vote agreement: the encoder, as a judge, prefers the side whose top TOP items it scores higher, rank-
+    discounted (sum of score / log2(rank + 2), the DCG of its own similarities); a vote agrees when that is
+    the visitor's side (half at equality). Its single-stage ranking is exactly the list that maximises this,
+    so before alignment (lite) it always prefers the plain kNN side. Pair agreement: the share of the vote's
+    item pairs (`vote_item_pairs`) it scores the winner's way."""
     per_vote, n_pairs, n_agree = [], 0, 0
+    disc = 1 / np.log2(np.arange(TOP) + 2)
     for v in votes:
-        pairs = vote_item_pairs(v)
-        if not pairs:
+        if v.choice not in ("A", "B"):
             continue
-        ids = sorted({i for p in pairs for i in p})
+        win, lose = (v.side_a, v.side_b) if v.choice == "A" else (v.side_b, v.side_a)
+        w, lo = [r.id for r in win[:TOP]], [r.id for r in lose[:TOP]]
+        pairs = vote_item_pairs(v)
+        ids = sorted({*w, *lo})
         s = dict(zip(ids, score(v.query_text, ids)))
-        ok = sum(s[x] > s[y] for x, y in pairs)
+        dw, dl = (float(np.dot([s[i] for i in side], disc[: len(side)])) for side in (w, lo))
+        per_vote.append(1.0 if dw > dl else 0.5 if dw == dl else 0.0)
         n_pairs += len(pairs)
-        n_agree += ok
-        per_vote.append(1.0 if 2 * ok > len(pairs) else 0.5 if 2 * ok == len(pairs) else 0.0)
+        n_agree += sum(s[x] > s[y] for x, y in pairs)
     return (float(np.mean(per_vote)) if per_vote else math.nan, n_agree / max(n_pairs, 1), len(per_vote), n_pairs)
 
 
@@ -369,7 +378,7 @@ def main() -> None:
     for k, v in times.items():
         print(f"  {k}: {v:.0f} s")
     ref = rows[0][3]
-    print(f"\nheld-out votes: {len(heldout_votes)} ({ref[2]} decisive with item pairs, {ref[3]} item pairs); "
+    print(f"\nheld-out votes: {len(heldout_votes)} ({ref[2]} decisive, {ref[3]} item pairs); "
           f"visitors' noise {args.noise}; train-align --steps {args.steps}\n")
     print("| encoder (single-stage ranking) | training votes | held-out vote agreement | held-out pair agreement "
           "| pair agreement on its own training votes |")
