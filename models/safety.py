@@ -40,6 +40,10 @@ class SafetyUnavailableError(ImportError):
     """The detector cannot be loaded (nudenet or onnxruntime is not installed)."""
 
 
+class UnsafeImageError(ValueError):
+    """An image the safety filter refuses (the message says why)."""
+
+
 @dataclass(frozen=True)
 class SafetyVerdict:
     flagged: bool
@@ -83,6 +87,12 @@ class SafetyFilter:
     def check(self, image: Image.Image) -> SafetyVerdict:
         """One image (any PIL mode) -> its verdict."""
         return self._verdict(self._detector.detect(self._to_bgr(image)))
+
+    def refuse(self, image: Image.Image) -> None:
+        """Raise UnsafeImageError (a ValueError) if the image is flagged: for query images."""
+        verdict = self.check(image)
+        if verdict.flagged:
+            raise UnsafeImageError(f"this image was refused by the safety filter ({verdict.reason})")
 
     def check_batch(self, images: Sequence[Image.Image]) -> list[SafetyVerdict]:
         """Several images -> their verdicts, in order. (One by one: the detector's own batching was no

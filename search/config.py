@@ -1,6 +1,7 @@
 """Project-wide settings in one place (each overridable by an environment variable or CLI flag)."""
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ CACHE_DIR = Path(os.environ.get("VISUAL_SEARCH_CACHE", Path.home() / ".cache" / 
 # votes (votes.db) and query images: data to keep, so not under the cache
 DATA_DIR = Path(os.environ.get("VISUAL_SEARCH_DATA", Path.home() / ".local" / "share" / "visual-search"))
 DEFAULT_TOP_K = 12
+CONCURRENCY = 4                   # heavy requests (search, more like this, vote) a server runs at once
 # query rephrasing (search/rephrase.py): "template" | "none" | "llm:PATH_OR_ID" | "http:URL"
 DEFAULT_REPHRASER = os.environ.get("VISUAL_SEARCH_REPHRASER", "template")
 REPHRASE_CACHE_DIR = CACHE_DIR / "rephrase"  # rephrasings.sqlite, and de-quantised GGUF models under llm/
@@ -30,3 +32,19 @@ VOTES_PER_MINUTE = int(os.environ.get("VISUAL_SEARCH_VOTES_PER_MINUTE", 20))
 VOTE_IMAGES_QUOTA_BYTES = int(os.environ.get("VISUAL_SEARCH_IMAGE_QUOTA", 2 * 1024**3))  # stored query images
 # the safety filter's unsafe NudeNet classes, comma-separated (default: models/safety.py's exposed-nudity set)
 SAFETY_CLASSES = tuple(c for c in os.environ.get("VISUAL_SEARCH_SAFETY_CLASSES", "").split(",") if c) or None
+
+
+def setup_process(verbose: bool = False) -> None:
+    """Process-wide settings for a server or a command, called before numpy and torch are imported.
+
+    One BLAS/OpenMP thread per request: requests run side by side, and for one query's small products a
+    thread hand-off costs more than it saves (benchmarks/app_load.py). A server draws nothing on a screen:
+    matplotlib's Agg backend (finding the default one imports pyplot, ~0.5 s of the first answer).
+    Library loggers that narrate their own start-up (faiss's loader) are kept quiet."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("MPLBACKEND", "agg")
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("faiss.loader", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

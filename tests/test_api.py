@@ -63,7 +63,7 @@ def test_the_mcp_server_lists_the_search_tool_and_a_call_returns_hits(app: App) 
     from mcp.client.streamable_http import streamablehttp_client
 
     async def use_tool() -> tuple[list, str]:
-        async with streamablehttp_client(f"{app.url}gradio_api/mcp/") as (read, write, _):
+        async with streamablehttp_client(f"{app.url}agent/gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 tools = (await session.list_tools()).tools
