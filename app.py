@@ -24,8 +24,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument
     add("--gallery", metavar="SOURCE",
-        help="index a folder (recursive), a .jsonl/.csv manifest or a .zip of images (default: built-in photos)")
-    add("--index", metavar="DIR", help="serve an index directory built by `python -m search index`")
+        help="index a folder (recursive), a .jsonl/.csv manifest, a .zip of images or a Hugging Face dataset "
+             "(hf://datasets/OWNER/NAME[:SPLIT]); default: built-in photos")
+    add("--index", metavar="DIR",
+        help="serve an index directory built by `python -m search index`, or a Hub dataset repo holding one: "
+             "hf://datasets/OWNER/NAME (default: env VISUAL_SEARCH_INDEX, else the built-in photos)")
     add("--encoder", metavar="NAME",
         help=f"encoder name (default {config.DEFAULT_ENCODER}; with --index, the index's own)")
     add("--cache-dir", metavar="DIR", default=str(config.CACHE_DIR),
@@ -53,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.gallery and args.index:
         parser.error("give --gallery or --index, not both")
+    if not args.gallery and not args.index:
+        args.index = config.DEFAULT_INDEX
     if not args.index:
         args.encoder = args.encoder or config.DEFAULT_ENCODER
     if args.top_k < 1 or args.concurrency < 1:

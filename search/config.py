@@ -12,6 +12,8 @@ CACHE_DIR = Path(os.environ.get("VISUAL_SEARCH_CACHE", Path.home() / ".cache" / 
 # votes (votes.db) and query images: data to keep, so not under the cache
 DATA_DIR = Path(os.environ.get("VISUAL_SEARCH_DATA", Path.home() / ".local" / "share" / "visual-search"))
 DEFAULT_TOP_K = 12
+# a prebuilt index served when neither --gallery nor --index is given, e.g. hf://datasets/OWNER/NAME (docs/space.md)
+DEFAULT_INDEX = os.environ.get("VISUAL_SEARCH_INDEX") or None
 CONCURRENCY = 4                   # heavy requests (search, more like this, vote) a server runs at once
 # query rephrasing (search/rephrase.py): "template" | "none" | "llm:PATH_OR_ID" | "http:URL"
 DEFAULT_REPHRASER = os.environ.get("VISUAL_SEARCH_REPHRASER", "template")

@@ -110,7 +110,9 @@ class Handlers:
         row = gallery.row_of(item_id) if isinstance(item_id, str) else None
         if row is None or gallery.is_flagged(row):
             raise RequestError(f"no gallery image with id {str(item_id)[:100]!r}")
-        query = Query(image=load_image(gallery.item(row).path, max_side=config.QUERY_MAX_SIDE))
+        item = gallery.item(row)  # a published index has thumbnails, not always the originals
+        source = item.path if item.path.is_file() or item.thumbnail is None else item.thumbnail
+        query = Query(image=load_image(source, max_side=config.QUERY_MAX_SIDE))
         return self.answer(query, settings_of(k, aesthetic_weight, rephrase, dedup, show_scores, more_like=item_id),
                            previous)
 
