@@ -275,3 +275,27 @@ def test_live_results_are_cached_and_follow_new_votes(tmp_path: Path) -> None:
         store.record(vote("A", "A"))
         cached.get()
         assert len(reads) == 3  # within the ttl: the first result again
+
+
+# ---------------------------------------------------------------- a drawn pair on real engines
+def test_compare_pair_runs_each_system_on_its_own_engine(tmp_path: Path) -> None:
+    from search.arena import compare_pair, engines_for
+    from search.engine import SearchEngine
+    from search.gallery import default_gallery
+    from search.rankings import RankSettings
+    from search.types import Query
+
+    systems = parse_arena("lite:baseline,lite:aligned,lite-aligned:baseline")
+    engines = engines_for(systems, lambda name: SearchEngine.build(default_gallery(), name, tmp_path / name,
+                                                                   cache_dir=tmp_path)[0])
+    assert set(engines) == {"lite", "lite-aligned"}
+    query, settings = Query(text="a cat"), RankSettings(k=6)
+    pc = compare_pair(engines, (systems[1], systems[0]), query, settings)
+    c = engines["lite"].compare(query, settings)  # the default app's two sides
+    assert [h.item.id for h in pc.a.hits] == [h.item.id for h in c.aligned]
+    assert [h.item.id for h in pc.b.hits] == [h.item.id for h in c.baseline]
+    assert pc.systems == ("lite:aligned", "lite:baseline") and pc.rephrased == c.rephrasing.rephrased
+    assert pc.encoder == engines["lite"].encoder.fingerprint and pc.a.rephrased and pc.b.rephrased is None
+    mixed = compare_pair(engines, (systems[2], systems[0]), query, settings)
+    assert len(mixed.a.hits) == len(mixed.b.hits) == 6 and mixed.encoder.count("@") == 2
+    assert mixed.encoder.startswith("lite-aligned@") and "," in mixed.index
