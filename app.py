@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     from search.api import create_router
     from search.engine import SearchEngine
     from search.examples import ASSETS_DIR, load_examples
-    from search.gallery import default_gallery
+    from search.index.sources import default_gallery
     from search.limits import RateLimiter
-    from search.votes import VoteStore, check_writable
+    from search.votes.store import VoteStore, check_writable
     from ui import BRUSH_READY, CSS, Limits, build_tools, build_ui
     gc.freeze()
     gc.enable()
@@ -89,13 +89,13 @@ def main(argv: list[str] | None = None) -> None:
         check_writable(args.data_dir)  # an unwritable --data-dir stops the app before the slow part
         safety = load_safety_filter() if args.safety == "on" or (args.safety == "auto" and args.public) else None
         if args.index:
-            engine = SearchEngine.open(args.index, args.encoder)
+            engine = SearchEngine.open(args.index, args.encoder, rephraser=args.rephraser)
         elif args.gallery:
-            engine, _ = SearchEngine.from_source(args.gallery, args.encoder, args.cache_dir, safety=safety)
+            engine, _ = SearchEngine.from_source(args.gallery, args.encoder, args.cache_dir, safety=safety,
+                                                 rephraser=args.rephraser)
         else:
             engine, _ = SearchEngine.build(default_gallery(), args.encoder, name="default-gallery",
-                                           cache_dir=args.cache_dir, safety=safety)
-        engine.rephraser_spec = args.rephraser
+                                           cache_dir=args.cache_dir, safety=safety, rephraser=args.rephraser)
         store = VoteStore(args.data_dir, hub_repo=args.hub_repo, images_quota_bytes=config.VOTE_IMAGES_QUOTA_BYTES)
     except (OSError, ValueError, ImportError) as e:  # a missing folder, a bad source, an unknown encoder, an index
         # of another encoder, an unwritable --data-dir, nudenet not installed

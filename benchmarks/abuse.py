@@ -36,18 +36,15 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import httpx
+import numpy as np
+import skimage
+from gradio_client import Client, handle_file
+from PIL import Image
 
-import httpx  # noqa: E402
-import numpy as np  # noqa: E402
-import skimage  # noqa: E402
-from gradio_client import Client, handle_file  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from search import config  # noqa: E402
-from search.votes import VoteStore  # noqa: E402
+from search import config
+from search.config import PROJECT_ROOT
+from search.votes.store import VoteStore
 
 APP = PROJECT_ROOT / "app.py"
 CHELSEA = Path(skimage.__file__).parent / "data" / "chelsea.png"

@@ -13,25 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
+from PIL import ImageChops
+from tqdm import tqdm
 
-import numpy as np  # noqa: E402
-from PIL import ImageChops  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from models import create_scorer, get_encoder, scorer_for  # noqa: E402
-from search.degradations import HELD_OUT_DEGRADATIONS, TRAIN_DEGRADATIONS  # noqa: E402
-from search.images import ImageLoadError, load_image  # noqa: E402
-from search.train_aesthetic import PHOTO_DATASETS, photo_paths  # noqa: E402
+from models import create_scorer, get_encoder, scorer_for
+from search.config import PROJECT_ROOT
+from search.index.images import ImageLoadError, load_image
+from search.training.aesthetic import PHOTO_DATASETS, photo_paths
+from search.training.degradations import HELD_OUT_DEGRADATIONS, TRAIN_DEGRADATIONS
 
 SETS = {"held-out": HELD_OUT_DEGRADATIONS, "train": TRAIN_DEGRADATIONS}
 

@@ -21,18 +21,14 @@ import csv
 import json
 import os
 import random
-import sys
-from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
+from degraded_gallery import SETS
+from degraded_gallery import make as make_degraded
 
-import numpy as np  # noqa: E402
-
-from degraded_gallery import SETS, make as make_degraded  # noqa: E402
-from search.train_align import PHRASES  # noqa: E402
+from search.config import PROJECT_ROOT
+from search.training.align import PHRASES
 
 DEV = ("imagenet-dev", "sketchy-dev")
 
@@ -82,16 +78,16 @@ def make(out: Path, data: Path, seed: int = 0) -> None:
 
 
 def prepared(bench_dir: Path, encoder: str = "lite"):
-    """What `search.evaluate.evaluate` builds before ranking: (bench, queries, baseline vectors, rephrased
+    """What `search.evaluation.evaluate` builds before ranking: (bench, queries, baseline vectors, rephrased
     vectors, style mixtures, index, problems, encoder)."""
     from models import get_encoder
     from models.aesthetic import scorer_for
-    from search.benchmark import load_benchmark
     from search.config import CACHE_DIR
     from search.engine import cache_index_dir
-    from search.evaluate import _encode_queries
-    from search.gallery_index import build_index
-    from search.index import IndexSpec
+    from search.evaluation.benchmark import load_benchmark
+    from search.evaluation.evaluate import _encode_queries
+    from search.index.faiss_index import IndexSpec
+    from search.index.gallery_index import build_index
     from search.rephrase import create_rephraser, rephrase
 
     bench = load_benchmark(bench_dir)
@@ -110,7 +106,7 @@ def prepared(bench_dir: Path, encoder: str = "lite"):
 
 
 def metrics(prep, ranking: str, settings) -> dict[str, float]:
-    from search.evaluate import _score
+    from search.evaluation.evaluate import _score
 
     bench, queries, qvecs, rvecs, probs, gallery, problems, enc = prep
     vecs = qvecs if ranking == "baseline" else rvecs

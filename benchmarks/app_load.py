@@ -34,9 +34,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+from search.config import PROJECT_ROOT
 
 GALLERY_SETS = ("package_samples", "coco", "imagenet", "wikiart", "pacs", "sketchy")  # then quickdraw to fill
 LOG_LINE = re.compile(r"query text=(?P<text>.*) image=(?P<image>True|False) style=.* -> (\d+)\+(\d+) hits "
@@ -245,7 +243,7 @@ def main() -> None:
         finally:
             stop_app(proc)
         alone, loaded = server_times(log_path, slice(*marks)), server_times(log_path, slice(marks[1], None))
-        from search.votes import VoteStore
+        from search.votes.store import VoteStore
 
         with VoteStore(data_dir) as store:
             stored, integrity = store.count(), store.integrity_check()

@@ -25,18 +25,16 @@ import time
 import urllib.request
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+from search.config import PROJECT_ROOT
 
 
 def build(work: Path, n: int, encoder_name: str) -> Path:
     import numpy as np
 
     from models import get_encoder
-    from search.gallery import default_gallery
-    from search.gallery_index import GalleryIndex, write_index
-    from search.images import load_image
+    from search.index.gallery_index import GalleryIndex, write_index
+    from search.index.images import load_image
+    from search.index.sources import default_gallery
     from search.types import GalleryItem
 
     out = work / f"cold-{encoder_name.replace(':', '_')}-{n}"

@@ -5,29 +5,25 @@
 Each query is a test sketch of the benchmark plus its class word ("a dog"); the gallery is the
 benchmark's test photos; relevant = every photo of the class. Reports mAP / R@1 / P@10 for the sketch
 alone, the text alone and the fused query at several text weights (the app's slider), all through
-SearchEngine.encode and search.engine.rank_queries, so exactly what the app does.
+SearchEngine.encode and search.pipeline.rank_queries, so exactly what the app does.
 """
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from models.style import STYLES  # noqa: E402
-from search.benchmark import load_benchmark  # noqa: E402
-from search.engine import SearchEngine, rank_queries  # noqa: E402
-from search.images import load_image  # noqa: E402
-from search.metrics import mean_metrics, query_metrics  # noqa: E402
-from search.rankings import RankSettings  # noqa: E402
-from search.types import Query  # noqa: E402
+from models.style import STYLES
+from search.config import PROJECT_ROOT
+from search.engine import SearchEngine
+from search.evaluation.benchmark import load_benchmark
+from search.evaluation.metrics import mean_metrics, query_metrics
+from search.index.images import load_image
+from search.pipeline import rank_queries
+from search.rankings import RankSettings
+from search.types import Query
 
 WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)  # text weight; 0 = sketch alone, 1 = text alone
 

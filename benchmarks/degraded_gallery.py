@@ -4,7 +4,7 @@
     python -m search eval /tmp/coco-degraded --ranking aligned
 
 Each gallery photo keeps its row and gains `--copies` degraded copies (JPEG, quality 95), drawn per photo
-from search.degradations (held-out ones by default: types the lite scorer never saw; `--set dev`: the
+from search.training.degradations (held-out ones by default: types the lite scorer never saw; `--set dev`: the
 training types search/train_align.py holds out as dev, for benchmarks built from `train` photos). A copy's row has
 `degraded_from` (its original's id) and `degradation`; every query's relevant list gains the copies of its
 relevant photos, so R@10 counts an original or its copy, and the evaluator reports `orig@10`, the share
@@ -15,17 +15,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from search.degradations import HELD_OUT_DEGRADATIONS, TRAIN_DEGRADATIONS  # noqa: E402
-from search.images import load_image  # noqa: E402
-from search.train_align import DEV_DEGRADATION_TYPES  # noqa: E402
+from search.index.images import load_image
+from search.training.align import DEV_DEGRADATION_TYPES
+from search.training.degradations import HELD_OUT_DEGRADATIONS, TRAIN_DEGRADATIONS
 
 # "dev": the training types search/train_align.py holds out as its dev split (for choosing on train photos)
 SETS = {"held_out": HELD_OUT_DEGRADATIONS, "train": TRAIN_DEGRADATIONS,

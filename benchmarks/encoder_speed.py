@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENCODERS = ("lite", "open_clip:ViT-B-32")
 CAPTIONS = ("a cat", "a cup of coffee", "a rocket on its launch pad", "an astronaut", "a red motorcycle",
             "a flower", "a temple in china", "a man with a camera")  # repeated to 64
@@ -89,8 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.reps < 1:
         parser.error(f"--reps must be >= 1, got {args.reps}")
-
-    sys.path.insert(0, str(PROJECT_ROOT))  # run as a script from anywhere: `models` is a top-level package
     import torch
 
     if args.threads:

@@ -20,17 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from models import create_encoder  # noqa: E402
-from search.gallery_index import build_index  # noqa: E402
-from search.images import load_image  # noqa: E402
-from search.index import IndexSpec  # noqa: E402
-from search.types import GalleryItem  # noqa: E402
+from models import create_encoder
+from search.config import PROJECT_ROOT
+from search.index.faiss_index import IndexSpec
+from search.index.gallery_index import build_index
+from search.index.images import load_image
+from search.types import GalleryItem
 
 
 def ceiling(encoder, paths: list[Path]) -> float:

@@ -15,23 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from models import get_encoder  # noqa: E402
-from search.benchmark import load_benchmark  # noqa: E402
-from search.config import CACHE_DIR, DEFAULT_ENCODER  # noqa: E402
-from search.engine import cache_index_dir  # noqa: E402
-from search.gallery_index import build_index  # noqa: E402
-from search.index import IndexSpec  # noqa: E402
-from search.metrics import mean_metrics, query_metrics  # noqa: E402
-from search.rephrase import create_rephraser, rephrase  # noqa: E402
+from models import get_encoder
+from search.config import CACHE_DIR, DEFAULT_ENCODER
+from search.engine import cache_index_dir
+from search.evaluation.benchmark import load_benchmark
+from search.evaluation.metrics import mean_metrics, query_metrics
+from search.index.faiss_index import IndexSpec
+from search.index.gallery_index import build_index
+from search.rephrase import create_rephraser, rephrase
 
 SHOWN = ("R@1", "R@5", "R@10")
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from search.config import CACHE_DIR, DEFAULT_ENCODER  # noqa: E402
-from search.evaluate import evaluate  # noqa: E402
+from search.config import CACHE_DIR, DEFAULT_ENCODER
+from search.evaluation.evaluate import evaluate
 
 HEADLINE = {  # benchmark -> [(style, metric)] reported in the summary
     "coco-captions": [("text", "R@5")],

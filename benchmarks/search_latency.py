@@ -19,19 +19,15 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from search.index import IndexSpec, VectorIndex, auto_spec  # noqa: E402
+from search.config import PROJECT_ROOT
+from search.index.faiss_index import IndexSpec, VectorIndex, auto_spec
 
 N_QUERIES, K, WARMUP = 200, 10, 10
 
@@ -50,7 +46,7 @@ def specs_for(n: int, dim: int) -> dict[str, IndexSpec]:
 def real_vectors(data: Path, work: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     """(n real lite image embeddings, lite text embeddings of class prompts) via the project's own index."""
     from models import get_encoder
-    from search.gallery_index import GalleryIndex, build_index
+    from search.index.gallery_index import GalleryIndex, build_index
     from search.types import GalleryItem
 
     files = sorted(p for p in data.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"})

@@ -9,16 +9,11 @@ most probable style (under the committed style space) is the right one, per styl
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from models.style import STYLES, StyleSpace  # noqa: E402
-from search.train_style import accuracy, descriptors, style_samples  # noqa: E402
+from models.style import STYLES, StyleSpace
+from search.config import PROJECT_ROOT
+from search.training.style import accuracy, descriptors, style_samples
 
 
 def main() -> None:

@@ -12,23 +12,17 @@ per-style recall at the end, and checks that photo embeddings did not move.
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
+import torch
+from PIL import Image, ImageFilter, ImageOps
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image, ImageFilter, ImageOps  # noqa: E402
-
-from models.style_prompts import StylePromptConfig, StylePromptedViT  # noqa: E402
-from search.gallery import default_gallery  # noqa: E402
+from models.style_prompts import StylePromptConfig, StylePromptedViT
+from search.index.sources import default_gallery
 
 BASES = ("photo", "sketch", "cartoon", "lowres")   # basis 0 is the photo style: no prompts
 WORK_PX = 256                                       # styles are made at this size, then shrunk to the tower's

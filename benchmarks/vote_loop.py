@@ -45,15 +45,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
+import numpy as np
+from PIL import Image
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-from search.degradations import HELD_OUT_DEGRADATIONS  # noqa: E402
-from search.votes import Vote, read_votes, write_votes  # noqa: E402
+from search.config import PROJECT_ROOT
+from search.training.degradations import HELD_OUT_DEGRADATIONS
+from search.votes.store import Vote, read_votes, write_votes
 
 APP = PROJECT_ROOT / "app.py"
 STARTUP_TIMEOUT = 900
@@ -251,8 +248,8 @@ def make_scorer(gallery: Path, meta: dict[str, dict], cache: Path, gate_path: Pa
     import torch
 
     from models.aesthetic_gate import AestheticGate
-    from search.tower_cache import TowerCache, text_embeddings
-    from search.train_align import TowerBank, embed_images, load_reference
+    from search.training.align import TowerBank, embed_images, load_reference
+    from search.training.tower_cache import TowerCache, text_embeddings
 
     ref = load_reference("lite")
     tc = TowerCache(cache / "towers-vote-gallery.npz")

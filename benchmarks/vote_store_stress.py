@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -26,11 +24,7 @@ import uuid
 from contextlib import nullcontext
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(PROJECT_ROOT))
-
-from search.votes import CHOICES, RankedId, Vote, VoteStore  # noqa: E402
+from search.votes.store import CHOICES, RankedId, Vote, VoteStore
 
 
 def make_vote(n: int) -> Vote:

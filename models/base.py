@@ -74,3 +74,7 @@ class Encoder(ABC):
             batch = [self.preprocess(im.convert("RGB")) for im in images[i : i + self.batch_size]]
             out.append(self.encode_image_tensors(torch.stack(batch)))
         return np.concatenate(out)
+
+
+class RegistryError(ValueError):
+    """An unknown encoder name or an invalid encoder config."""

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import Encoder, file_sha256, l2_normalize
-from .registry import RegistryError
+from .base import Encoder, RegistryError, file_sha256, l2_normalize
 
 log = logging.getLogger(__name__)
 

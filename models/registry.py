@@ -13,14 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .base import Encoder
+from .base import Encoder, RegistryError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 FAMILIES = ("lite", "open_clip")
-
-
-class RegistryError(ValueError):
-    """An unknown encoder name or an invalid encoder config."""
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,13 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 
-from . import config
-from .engine import SearchEngine
-from .images import ImageLoadError, load_image
-from .limits import RateLimited, RateLimiter
-from .rankings import RankSettings
-from .types import Hit
-from .types import Query as SearchQuery
+from search import config
+from search.engine import SearchEngine
+from search.index.images import ImageLoadError, load_image
+from search.limits import RateLimited, RateLimiter
+from search.rankings import RankSettings
+from search.types import Hit
+from search.types import Query as SearchQuery
 
 log = logging.getLogger(__name__)
 MAX_K = 100

@@ -5,7 +5,7 @@ import logging
 import os
 from pathlib import Path
 
-APP_VERSION = "0.2.0"
+APP_VERSION = "0.3.0"  # recorded with every vote
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_ENCODER = os.environ.get("VISUAL_SEARCH_ENCODER", "lite")
 CACHE_DIR = Path(os.environ.get("VISUAL_SEARCH_CACHE", Path.home() / ".cache" / "visual-search"))

@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import PROJECT_ROOT
+from search.config import PROJECT_ROOT
 
 ASSETS_DIR = PROJECT_ROOT / "assets"
 KINDS = ("text", "sketch", "painting", "lowres", "sketch+text")

@@ -7,9 +7,8 @@ from dataclasses import replace
 import numpy as np
 
 from models.query_bank import QueryBank
-
-from .gallery_index import GalleryIndex
-from .types import Hit
+from search.index.gallery_index import GalleryIndex
+from search.types import Hit
 
 MIN_POOL = 200  # hits re-scored per query: a penalty only reorders the cosine ranking, it seldom lifts a far item
 

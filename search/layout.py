@@ -14,9 +14,8 @@ import numpy as np
 from PIL import Image
 
 from models.style import STYLES
-
-from .images import load_image
-from .types import Hit
+from search.index.images import load_image
+from search.types import Hit
 
 SIDE = 4                # grid side: 4 x 4 x RGB = 48 numbers per image
 THRESHOLD = 0.9         # layout cosine above which a candidate counts as a near-duplicate

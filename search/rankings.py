@@ -22,8 +22,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .gallery_index import GalleryIndex
-from .types import Hit
+from search.index.gallery_index import GalleryIndex
+from search.types import Hit
 
 
 @dataclass(frozen=True)
@@ -163,14 +163,6 @@ def shift_query(query_vecs: np.ndarray, direction: np.ndarray, step: float) -> n
     """Move unit query vectors toward a unit direction and re-normalise (clip-retrieval's aesthetic shift)."""
     q = query_vecs + step * direction[None, :]
     return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
-
-
-def aesthetic_direction(vectors: np.ndarray, scores: np.ndarray, share: float = 0.25) -> np.ndarray:
-    """Unit vector from the gallery's worst-scored `share` of images to its best-scored share."""
-    order = np.argsort(scores)
-    n = max(1, int(len(order) * share))
-    d = vectors[order[-n:]].mean(0) - vectors[order[:n]].mean(0)
-    return (d / (np.linalg.norm(d) + 1e-12)).astype(np.float32)
 
 
 # ---------------------------------------------------------------- rankings over an index

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .config import REPHRASE_CACHE_DIR
+from search.config import DEFAULT_REPHRASER, REPHRASE_CACHE_DIR
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ class CachedRephraser:
 SPECS = "'template', 'none', 'llm:PATH_OR_ID' (e.g. llm:smollm2) or 'http:URL' (an OpenAI-compatible endpoint)"
 
 
-def create_rephraser(spec: str = "template", **options) -> Rephraser:
+def create_rephraser(spec: str = DEFAULT_REPHRASER, **options) -> Rephraser:
     """A rephraser from its spec: "template" | "none" | "llm:PATH_OR_ID" | "http:URL".
 
     Options go to the rephraser (http: key, model, timeout, max_tokens; llm: max_new_tokens, cache_dir).

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from search.votes import VoteStore
+from search.votes.store import VoteStore
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
 STARTUP_TIMEOUT = 300  # seconds: loading the encoder and embedding the gallery on a busy 2-core CPU

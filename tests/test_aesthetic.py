@@ -15,16 +15,16 @@ from PIL import Image, ImageChops
 from models import OfflineError, ScorerError, create_scorer, get_encoder, list_scorers, scorer_for
 from models.aesthetic import HEADS, LITE, QualityHead, QualityHeadConfig, head_file, load_head
 from models.quality_features import quality_features
-from search.__main__ import main
-from search.degradations import (
+from search.cli import main
+from search.index.sources import default_gallery
+from search.training.aesthetic import AestheticTrainConfig, PairData, fit_head, pair_accuracy
+from search.training.degradations import (
     ALL_DEGRADATIONS,
     HELD_OUT_DEGRADATIONS,
     TRAIN_DEGRADATIONS,
     degrade,
     get_degradation,
 )
-from search.gallery import default_gallery
-from search.train_aesthetic import AestheticTrainConfig, PairData, fit_head, pair_accuracy
 
 SHARED_HEADS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "aesthetic"
 needs_shared = pytest.mark.skipif(not SHARED_HEADS.is_dir(), reason="../shared/weights/aesthetic is absent")

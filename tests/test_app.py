@@ -19,8 +19,8 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 from search.config import APP_VERSION
-from search.images import MAX_PIXELS
-from search.votes import VoteStore
+from search.index.images import MAX_PIXELS
+from search.votes.store import VoteStore
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""search.evaluate on a tiny benchmark folder built from package sample photos, with the real `lite` encoder.
+"""search.evaluation.evaluate on a tiny benchmark folder built from package sample photos, with the real `lite` encoder.
 
 Most queries have answers that do not depend on model quality (an exact copy of a gallery photo is its own
 nearest neighbour; a query whose relevant set is the whole gallery is perfect), so their metrics are
@@ -19,9 +19,9 @@ import pytest
 from PIL import Image
 
 from models import get_encoder
-from search.evaluate import EvalResult, evaluate, write_outputs
-from search.images import load_image
-from search.metrics import METRICS, query_metrics
+from search.evaluation.evaluate import EvalResult, evaluate, write_outputs
+from search.evaluation.metrics import METRICS, query_metrics
+from search.index.images import load_image
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 ENCODER = "lite"

@@ -106,14 +106,14 @@ def test_the_script_reproduces_the_committed_files(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def engine(tmp_path_factory: pytest.TempPathFactory):
     from search.engine import SearchEngine
-    from search.gallery import default_gallery
+    from search.index.sources import default_gallery
 
     engine, _ = SearchEngine.build(default_gallery(), "lite", cache_dir=tmp_path_factory.mktemp("cache"))
     return engine
 
 
 def first_hits(engine, example: ExampleQuery, k: int = 3) -> list[str]:
-    from search.images import load_image
+    from search.index.images import load_image
     from search.types import Query
 
     hits = engine.search(Query(text=example.text, image=load_image(example.image)), k=k)

@@ -19,11 +19,11 @@ from skimage import data
 
 import search.config
 from models import get_encoder
-from search import hub
 from search.engine import SearchEngine
-from search.gallery import read_source
-from search.gallery_index import build_index
-from search.hub import HubOfflineError, publish_index, resolve_index, stage_index
+from search.index import hub
+from search.index.gallery_index import build_index
+from search.index.hub import HubOfflineError, publish_index, resolve_index, stage_index
+from search.index.sources import read_source
 from search.types import Query
 
 ROOT = Path(__file__).resolve().parent.parent

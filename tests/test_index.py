@@ -16,9 +16,9 @@ import skimage
 from PIL import Image
 
 from models import create_encoder, get_encoder
-from search.gallery import read_source
-from search.gallery_index import GalleryIndex, IndexMismatchError, build_index, write_index
-from search.index import IndexSpec, VectorIndex, auto_spec, compressed_spec
+from search.index.faiss_index import IndexSpec, VectorIndex, auto_spec, compressed_spec
+from search.index.gallery_index import GalleryIndex, IndexMismatchError, build_index, write_index
+from search.index.sources import read_source
 from search.types import GalleryItem
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.gallery import default_gallery
+from search.index.sources import default_gallery
 from search.layout import THRESHOLD, is_lowres, rerank_near_duplicates, signature
 from search.types import GalleryItem, Hit
 

@@ -1,10 +1,10 @@
-"""search.metrics: per-query metrics on hand-computed rankings; rank_all against a brute-force oracle."""
+"""search.evaluation.metrics: per-query metrics on hand-computed rankings; rank_all against a brute-force oracle."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from search.metrics import METRICS, mean_metrics, query_metrics, rank_all
+from search.evaluation.metrics import METRICS, mean_metrics, query_metrics, rank_all
 
 IDS = [f"g{i:02d}" for i in range(1, 21)]  # a ranking of 20 gallery ids; IDS[k - 1] is at rank k
 

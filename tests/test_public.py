@@ -21,8 +21,8 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-from search import gallery as gallery_sources
-from search.votes import VoteStore
+from search.index import sources as gallery_sources
+from search.votes.store import VoteStore
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,9 @@ from test_style import SKIMAGE_DATA, pencil_sketch, photo
 from models import get_encoder
 from models.query_bank import QueryBank
 from models.style import STYLES
-from search.engine import SearchEngine, rank_queries
+from search.engine import SearchEngine
 from search.hubness import HubCorrected
+from search.pipeline import rank_queries
 from search.rankings import RankSettings, expand_queries
 from search.types import GalleryItem, Query
 
@@ -124,7 +125,7 @@ def test_bank_save_load_and_validation(tmp_path: Path) -> None:
 def test_query_bank_command_encodes_train_queries_as_the_engine_does(tmp_path: Path) -> None:
     """`python -m search query-bank` on a tiny data folder: pencil sketches of package photos (train) and the
     photos themselves (whose 16x mosaics and 32-px thumbnails become the low-res queries)."""
-    from search.__main__ import main
+    from search.cli import main
 
     root = tmp_path / "data" / "pacs"
     root.mkdir(parents=True)

@@ -9,8 +9,8 @@ import pytest
 from models import get_encoder
 from search.engine import SearchEngine
 from search.examples import TEXT_EXAMPLES
-from search.gallery import default_gallery
-from search.gallery_index import write_index
+from search.index.gallery_index import write_index
+from search.index.sources import default_gallery
 from search.rankings import (
     CALIBRATIONS,
     RankSettings,

@@ -27,9 +27,9 @@ from models.safety import (  # noqa: E402
     as_safety_filter,
 )
 from search.engine import SearchEngine  # noqa: E402
-from search.gallery import read_source  # noqa: E402
-from search.gallery_index import GalleryIndex, UnflaggedIndex, build_index  # noqa: E402
-from search.index import IndexSpec, VectorIndex  # noqa: E402
+from search.index.faiss_index import IndexSpec, VectorIndex  # noqa: E402
+from search.index.gallery_index import GalleryIndex, UnflaggedIndex, build_index  # noqa: E402
+from search.index.sources import read_source  # noqa: E402
 from search.types import Query  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -10,7 +10,7 @@ from PIL import Image, ImageFilter, ImageOps
 
 from models.lite import load_image_tower, preprocess_image
 from models.style import STYLES, StyleError, StyleSpace, check_readable, describe, gram_descriptors
-from search.train_style import fit_space
+from search.training.style import fit_space
 
 SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 STYLE_SPACE = Path(__file__).resolve().parent.parent / "models" / "weights" / "style_space.npz"
@@ -156,7 +156,7 @@ def test_adapter_training_pulls_sketches_towards_their_photos(tower) -> None:
     import torch
 
     from models.lite import LiteHeads, late_outputs, shallow_stages
-    from search.train_adapters import AdapterConfig, Aligner, AlignTask, fit_adapters, onehot
+    from search.training.adapters import AdapterConfig, Aligner, AlignTask, fit_adapters, onehot
 
     names = ["chelsea.png", "coffee.png", "astronaut.png", "motorcycle_left.png", "rocket.jpg", "camera.png",
              "retina.jpg", "coins.png"]

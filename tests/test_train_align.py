@@ -12,8 +12,7 @@ import skimage.data
 import torch
 
 from models.aesthetic_gate import AestheticGate
-from search.tower_cache import TowerCache, get_transform, text_embeddings
-from search.train_align import (
+from search.training.align import (
     AlignConfig,
     Candidate,
     Pair,
@@ -29,7 +28,8 @@ from search.train_align import (
     pairs_from_votes,
     vote_pairs,
 )
-from search.votes import RankedId, Vote, read_votes, vote_to_record
+from search.training.tower_cache import TowerCache, get_transform, text_embeddings
+from search.votes.store import RankedId, Vote, read_votes, vote_to_record
 
 SKIMAGE_DATA = Path(skimage.data.__file__).parent
 PHOTOS = {"cat": "chelsea.png", "cup of coffee": "coffee.png", "rocket": "rocket.jpg",
@@ -167,7 +167,7 @@ def test_lite_aligned_gates_gallery_images_only_and_ranks_originals_above_held_o
     from PIL import Image
 
     from models import create_encoder
-    from search.degradations import HELD_OUT_DEGRADATIONS, degrade
+    from search.training.degradations import HELD_OUT_DEGRADATIONS, degrade
 
     lite, aligned = create_encoder("lite"), create_encoder("lite-aligned")
     assert aligned.dim == lite.dim + 1 and aligned.fingerprint != lite.fingerprint
@@ -196,8 +196,8 @@ def test_app_votes_exported_as_parquet_and_jsonl_train_the_gate(tmp_path: Path) 
     """Votes as the app stores them (VoteStore), exported by `export-votes` to Parquet and JSONL, are read by
     train-align directly: both exports give the same pairs over the built-in gallery, and a DPO run on those
     pairs alone lowers their DPO loss below its value at the reference (log 2)."""
-    from search.gallery import default_gallery
-    from search.votes import VoteStore, export_votes
+    from search.index.sources import default_gallery
+    from search.votes.store import VoteStore, export_votes
 
     gallery = default_gallery()
     ids = [it.id for it in gallery]

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 
 from models import create_encoder
-from search.train_encoder import TrainConfig, multi_positive_nce, split_dev, train_encoder
+from search.training.encoder import TrainConfig, multi_positive_nce, split_dev, train_encoder
 
 SKIMAGE_DATA = Path(skimage.data.__file__).parent
 PHOTOS = {"cat": "chelsea.png", "coffee": "coffee.png", "rocket": "rocket.jpg", "astronaut": "astronaut.png",

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from search.__main__ import main as cli
-from search.arena import System, baseline_side, draw_pair, parse_arena, parse_system, vote_systems
-from search.vote_report import (
+from search.cli import main as cli
+from search.votes.arena import System, baseline_side, draw_pair, parse_arena, parse_system, vote_systems
+from search.votes.report import (
     LiveResults,
     load_votes,
     query_kind,
@@ -25,7 +25,7 @@ from search.vote_report import (
     summary,
     wilson,
 )
-from search.votes import SCHEMA_VERSION, RankedId, Vote, VoteStore, read_votes, vote_to_record, write_votes
+from search.votes.store import SCHEMA_VERSION, RankedId, Vote, VoteStore, read_votes, vote_to_record, write_votes
 
 T0 = 1_750_000_000.0  # 2025-06-15 15:06:40 UTC
 
@@ -279,11 +279,11 @@ def test_live_results_are_cached_and_follow_new_votes(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- a drawn pair on real engines
 def test_compare_pair_runs_each_system_on_its_own_engine(tmp_path: Path) -> None:
-    from search.arena import compare_pair, engines_for
     from search.engine import SearchEngine
-    from search.gallery import default_gallery
+    from search.index.sources import default_gallery
     from search.rankings import RankSettings
     from search.types import Query
+    from search.votes.arena import compare_pair, engines_for
 
     systems = parse_arena("lite:baseline,lite:aligned,lite-aligned:baseline")
     engines = engines_for(systems, lambda name: SearchEngine.build(default_gallery(), name, tmp_path / name,

@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from search.__main__ import main as cli
-from search.images import to_rgb
-from search.votes import (
+from search.cli import main as cli
+from search.index.images import to_rgb
+from search.votes.store import (
     CHOICES,
     SCHEMA_VERSION,
     ImageQuotaExceeded,
@@ -384,7 +384,7 @@ def _wait_for(condition, seconds: float = 15.0) -> bool:  # noqa: ANN001
 
 
 def test_unreachable_hub_never_blocks_or_loses_a_vote(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="search.votes")
+    caplog.set_level(logging.WARNING, logger="search.votes.store")
     store = VoteStore(tmp_path, hub_repo="me/votes", hub_token="hf_test",
                       hub_endpoint=f"http://127.0.0.1:{_free_port()}")  # nothing listens there
     digest = store.save_query_image(Image.new("RGB", (8, 8), "red"))
@@ -430,7 +430,8 @@ def test_votes_reach_the_hub_once_it_is_back(tmp_path: Path, monkeypatch: pytest
 def test_hub_sync_needs_a_token(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("HF_TOKEN", raising=False)
-    with caplog.at_level(logging.WARNING, logger="search.votes"), VoteStore(tmp_path, hub_repo="me/votes") as store:
+    with (caplog.at_level(logging.WARNING, logger="search.votes.store"),
+          VoteStore(tmp_path, hub_repo="me/votes") as store):
         assert store.record(make_vote(0))
     assert "votes are not synced to me/votes: no Hub token (set HF_TOKEN)" in caplog.text
     assert not (tmp_path / "hub").exists()

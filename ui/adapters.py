@@ -13,9 +13,9 @@ from PIL import Image
 
 from search import config
 from search.engine import SearchEngine
-from search.images import ImageLoadError, load_image, shrink
+from search.index.images import ImageLoadError, load_image, shrink
 from search.types import Hit, Query
-from search.votes import RankedId, Vote
+from search.votes.store import RankedId, Vote
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 

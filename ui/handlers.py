@@ -15,11 +15,11 @@ import gradio as gr
 from search import config
 from search.api import search_json
 from search.engine import SearchEngine
-from search.images import ImageLoadError, load_image, to_webp
+from search.index.images import ImageLoadError, load_image, to_webp
 from search.limits import RateLimited, RateLimiter
 from search.rankings import RankSettings
 from search.types import Query
-from search.votes import CHOICES, ImageQuotaExceeded, VoteStore
+from search.votes.store import CHOICES, ImageQuotaExceeded, VoteStore
 
 from .adapters import CHOICE_LABELS, RequestError, Shown, describe, percentiles, to_gallery, to_query, to_vote, visitor
 from .components import user_error

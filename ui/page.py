@@ -5,7 +5,7 @@ import gradio as gr
 
 from search import config
 from search.engine import SearchEngine
-from search.votes import CHOICES, VoteStore
+from search.votes.store import CHOICES, VoteStore
 
 from .adapters import CHOICE_LABELS, Shown
 from .components import ImageUpload, Sketchpad

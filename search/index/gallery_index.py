@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from models.query_bank import QueryBank
     from models.safety import SafetyFilter
 
-from .images import iter_batches
-from .index import IndexSpec, VectorIndex, auto_spec
-from .types import GalleryItem, Hit, Skipped
+from search.index.faiss_index import IndexSpec, VectorIndex, auto_spec
+from search.index.images import iter_batches
+from search.types import GalleryItem, Hit, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -233,8 +233,6 @@ class GalleryIndex:
     def aesthetic_direction(self) -> np.ndarray | None:
         """Unit vector from the worst- to the best-scored images (None without aesthetic scores)."""
         if self._direction is None:
-            from .rankings import aesthetic_direction
-
             scored = [i for i, r in enumerate(self.rows) if r.get("aesthetic") is not None]
             if len(scored) < 2:
                 return None
@@ -442,7 +440,7 @@ def _recheck_safety(items: list[GalleryItem], ids: list[str | None], rows: list[
                     report: BuildReport) -> None:
     """Check kept images with a filter that did not check them (their vectors stay): known[key]'s
     "safety" is set; an image that can no longer be decoded is left out (skipped)."""
-    from .images import ImageLoadError, load_image
+    from search.index.images import ImageLoadError, load_image
 
     def check(i: int) -> tuple[int, str | None, str | None]:
         try:
@@ -591,3 +589,10 @@ def _log_run(out: Path, report: BuildReport) -> None:
     with open(out / "index.log", "a", encoding="utf-8") as f:
         f.write(f"# {datetime.now(timezone.utc).isoformat(timespec='seconds')}\n{report.summary()}\n")
 
+
+def aesthetic_direction(vectors: np.ndarray, scores: np.ndarray, share: float = 0.25) -> np.ndarray:
+    """Unit vector from the gallery's worst-scored `share` of images to its best-scored share."""
+    order = np.argsort(scores)
+    n = max(1, int(len(order) * share))
+    d = vectors[order[-n:]].mean(0) - vectors[order[:n]].mean(0)
+    return (d / (np.linalg.norm(d) + 1e-12)).astype(np.float32)

@@ -9,8 +9,7 @@ import numpy as np
 from tqdm import tqdm
 
 from models import Encoder
-
-from .images import iter_batches
+from search.index.images import iter_batches
 
 log = logging.getLogger(__name__)
 

@@ -24,16 +24,16 @@ from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .engine import SearchEngine
-    from .rankings import RankSettings
-    from .types import Hit, Query
-    from .votes import Vote
+    from search.engine import SearchEngine
+    from search.rankings import RankSettings
+    from search.types import Hit, Query
+    from search.votes.store import Vote
 
 _NOT_SETTINGS = ("k",)  # the visitor's "results per side" is the same on both sides, whatever the systems
 
 
 def _setting_types() -> dict[str, type]:
-    from .rankings import RankSettings
+    from search.rankings import RankSettings
 
     types: dict[str, type] = {"rephrase": bool}
     for f in fields(RankSettings):
@@ -90,7 +90,7 @@ class System:
 def parse_system(text: str, check_encoder: bool = True) -> System:
     """`ENCODER:RANKING[:KEY=VALUE...]` -> System. ValueError names what is wrong. `check_encoder`: the encoder
     must be known to models.registry (its config is read; nothing is loaded)."""
-    from .rankings import RANKINGS, RankSettings
+    from search.rankings import RANKINGS, RankSettings
 
     if not isinstance(text, str) or not text.strip():
         raise ValueError("an arena system is ENCODER:RANKING, e.g. lite:aligned; got an empty name")
@@ -210,15 +210,17 @@ def run_system(engine: SearchEngine, system: System, query: Query, settings: Ran
                rephrase: bool = True) -> tuple[tuple[Hit, ...], str | None, str | None]:
     """(hits, rephrased text or None, detected style) of one system for one query, as SearchEngine.compare
     ranks each of its sides (same encoding, same rank_queries path)."""
-    from .rephrase import rephrase as rephrase_text
+    from search.pipeline import rank_query
+    from search.rephrase import rephrase as rephrase_text
 
-    base = engine.encode(query)
-    vector, rephrased = base.vector, None
+    texts, rephrased = [], None
     if system.rephrases(rephrase) and query.text:
         r = rephrase_text(engine.rephraser, query.text)
         if r.rephrased != query.text:
-            vector, rephrased = engine.encode(query, text=r.rephrased).vector, r.rephrased
-    hits = engine._rank(system.ranking, vector, system.rank_settings(settings), query, base)
+            texts, rephrased = [query.text, r.rephrased], r.rephrased
+    base = engine.encode(query, texts)
+    hits = rank_query(system.ranking, base.vectors[-1], base, query, engine.gallery, system.rank_settings(settings),
+                      engine.encoder.query_bank)
     return tuple(hits), rephrased, base.style
 
 

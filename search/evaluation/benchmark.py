@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .types import GalleryItem
+from search.types import GalleryItem
 
 
 @dataclass(frozen=True)

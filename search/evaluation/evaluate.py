@@ -12,18 +12,18 @@ import numpy as np
 
 from models import Encoder, get_encoder
 from models.style import STYLES
-
-from .benchmark import Benchmark, BenchQuery, Problem, load_benchmark
-from .config import CACHE_DIR, DEFAULT_ENCODER
-from .embedding import embed_files
-from .engine import cache_index_dir, rank_queries
-from .gallery_index import GalleryIndex, build_index
-from .images import load_image
-from .index import IndexSpec
-from .layout import is_lowres
-from .metrics import AESTHETIC_METRICS, METRICS, mean_metrics, query_metrics
-from .rankings import RankSettings, get_ranking
-from .types import Hit, Skipped
+from search.config import CACHE_DIR, DEFAULT_ENCODER, DEFAULT_REPHRASER
+from search.engine import cache_index_dir
+from search.evaluation.benchmark import Benchmark, BenchQuery, Problem, load_benchmark
+from search.evaluation.metrics import AESTHETIC_METRICS, METRICS, mean_metrics, query_metrics
+from search.index.embedding import embed_files
+from search.index.faiss_index import IndexSpec
+from search.index.gallery_index import GalleryIndex, build_index
+from search.index.images import load_image
+from search.layout import is_lowres
+from search.pipeline import rank_queries
+from search.rankings import RankSettings, get_ranking
+from search.types import Hit, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ class EvalResult:
 
 def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str = "baseline",
              cache_dir: str | Path | None = CACHE_DIR, style: bool = True,
-             settings: RankSettings | None = None, rephraser: str = "template") -> EvalResult:
+             settings: RankSettings | None = None, rephraser: str = DEFAULT_REPHRASER) -> EvalResult:
     """Index the gallery (kept under `cache_dir` for the next run, if set), run every query, score per style.
 
     `style`: image queries are conditioned on their detected style (style-aware encoders only).
@@ -91,7 +91,7 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
             return result
         texts = [i for i, q in enumerate(queries) if q.text is not None]
         if texts:
-            from .rephrase import create_rephraser, rephrase
+            from search.rephrase import create_rephraser, rephrase
 
             r = create_rephraser(rephraser)
             qvecs = qvecs.copy()

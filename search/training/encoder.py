@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from models.lite import CLASS_PROMPT, HeadsConfig, LiteHeads, imagenet_class_texts
-
-from .metrics import mean_metrics, query_metrics, rank_all
-from .tower_cache import TowerCache, text_embeddings
+from search.evaluation.metrics import mean_metrics, query_metrics, rank_all
+from search.training.tower_cache import TowerCache, text_embeddings
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from PIL import Image
 
-from .types import GalleryItem, Skipped
+from search.types import GalleryItem, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def read_source(source: str | Path, extract_to: str | Path | None = None) -> tup
     (`../`, absolute names) are refused. A Hugging Face dataset (hf://datasets/OWNER/NAME[:SPLIT], or a local
     one in a format `datasets` writes) has its images written under `extract_to` (search/hub.py).
     """
-    from . import hub
+    from search.index import hub
 
     if hub.is_dataset_source(source):  # hf://datasets/OWNER/NAME[:SPLIT], or Parquet / save_to_disk of `datasets`
         return hub.dataset_gallery(source, extract_to)

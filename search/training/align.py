@@ -29,10 +29,9 @@ import torch.nn.functional as F
 
 from models.aesthetic_gate import GATE_FEATURES, AestheticGate
 from models.lite import LiteHeads
-
-from .degradations import TRAIN_DEGRADATIONS
-from .tower_cache import DEGRADED, TowerCache, text_embeddings
-from .votes import Vote
+from search.training.degradations import TRAIN_DEGRADATIONS
+from search.training.tower_cache import DEGRADED, TowerCache, text_embeddings
+from search.votes.store import Vote
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +150,13 @@ def vote_pairs(vote: Vote, top: int = 10) -> list[tuple[str, str, str]]:
 
 def gallery_files(source: str | Path | None) -> dict[str, str]:
     """Gallery id -> image file of the gallery votes were cast on: an index directory, a source (folder,
-    manifest, zip: see search.gallery), or None for the app's built-in gallery."""
-    from .gallery import default_gallery, read_source
+    manifest, zip: see search.index.sources), or None for the app's built-in gallery."""
+    from search.index.sources import default_gallery, read_source
 
     if source is None:
         items = default_gallery()
     elif (Path(source) / "index.json").is_file():
-        from .gallery_index import GalleryIndex
+        from search.index.gallery_index import GalleryIndex
 
         items = GalleryIndex.load(source).items()
     else:
@@ -222,8 +221,8 @@ class TowerBank:
 def aesthetic_scores(keys: Sequence[str], score: Callable[[list], np.ndarray], fingerprint: str,
                      cache_file: str | Path) -> dict[str, float]:
     """Key ("file|view") -> aesthetic score of that view of the image, cached per scorer fingerprint."""
-    from .images import load_image
-    from .tower_cache import get_transform
+    from search.index.images import load_image
+    from search.training.tower_cache import get_transform
 
     cache_file = Path(cache_file)
     done: dict[str, float] = {}
@@ -369,9 +368,8 @@ def train_align(data: str | Path, out: str | Path, cache_dir: str | Path, cfg: A
     """Pairs from re-ranked lists of `train` photos and their degraded copies (+ votes), beta picked on dev,
     DPO refit on all train data; saves the aesthetic gate to `out`."""
     from models.aesthetic import create_scorer
-
-    from .train_encoder import split_dev
-    from .votes import read_votes
+    from search.training.encoder import split_dev
+    from search.votes.store import read_votes
 
     cfg = cfg or AlignConfig()
     photos = read_photos(data)

@@ -14,10 +14,9 @@ from tqdm import tqdm
 
 from models import get_encoder
 from models.query_bank import QueryBank
-
-from .images import iter_batches
-from .tower_cache import TRANSFORMS
-from .train_style import style_samples
+from search.index.images import iter_batches
+from search.training.style import style_samples
+from search.training.tower_cache import TRANSFORMS
 
 log = logging.getLogger(__name__)
 

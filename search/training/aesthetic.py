@@ -23,9 +23,8 @@ from tqdm import tqdm
 
 from models.aesthetic import QualityHead, QualityHeadConfig
 from models.quality_features import FEATURE_NAMES, quality_features
-
-from .degradations import TRAIN_DEGRADATIONS, Degradation
-from .images import ImageLoadError, load_image
+from search.index.images import ImageLoadError, load_image
+from search.training.degradations import TRAIN_DEGRADATIONS, Degradation
 
 log = logging.getLogger(__name__)
 

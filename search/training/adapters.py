@@ -28,9 +28,8 @@ from torch import nn
 from models.lite import LiteHeads, late_outputs, load_image_tower
 from models.style import STYLES
 from models.style_adapters import SHALLOW_SHAPE, StyleAdapters
-
-from .tower_cache import SHALLOW_CACHE, SHALLOW_DIMS, TowerCache, shallow_outputs
-from .train_encoder import Task, build_tasks, img_key, read_items
+from search.training.encoder import Task, build_tasks, img_key, read_items
+from search.training.tower_cache import SHALLOW_CACHE, SHALLOW_DIMS, TowerCache, shallow_outputs
 
 log = logging.getLogger(__name__)
 

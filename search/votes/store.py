@@ -26,9 +26,9 @@ from typing import Any
 
 from PIL import Image
 
-from .config import QUERY_MAX_SIDE
-from .images import shrink, to_rgb, to_webp
-from .vote_sync import HubSync
+from search.config import QUERY_MAX_SIDE
+from search.index.images import shrink, to_rgb, to_webp
+from search.votes.sync import HubSync
 
 logger = logging.getLogger(__name__)
 

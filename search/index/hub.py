@@ -32,8 +32,7 @@ from pathlib import Path
 
 from models import OfflineError
 from models.openclip import HUB_HOST, _hub_reachable
-
-from .types import GalleryItem, Skipped
+from search.types import GalleryItem, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +311,7 @@ def resolve_index(spec: str | Path, cache_dir: str | Path | None = None) -> Path
     if local_mirror(repo) is not None or not any(p.is_symlink() for p in _walk(snap)):
         return snap
     if cache_dir is None:
-        from .config import CACHE_DIR
+        from search.config import CACHE_DIR
 
         cache_dir = CACHE_DIR
     return _materialise(snap, Path(cache_dir) / "hub" / repo.replace("/", "--") / snap.name)
@@ -356,7 +355,7 @@ def stage_index(index_dir: str | Path, out: str | Path, with_images: bool = Fals
     Server paths are removed: absolute image paths become relative names (an app serving the index falls back to
     the thumbnail when an original is missing), the rows' re-use keys keep only size and mtime, and a local source
     is named by its folder name."""
-    from .gallery_index import FLAGGED_FILE, FOLDERS_FILE, META_FILE, GalleryIndex, _dirs_of, read_meta
+    from search.index.gallery_index import FLAGGED_FILE, FOLDERS_FILE, META_FILE, GalleryIndex, _dirs_of, read_meta
 
     index_dir, out = Path(index_dir).resolve(), Path(out)
     meta = read_meta(index_dir)
@@ -441,7 +440,7 @@ def publish_index(index_dir: str | Path, repo: str, private: bool = False, with_
     """Upload an index directory to the Hub dataset repo `repo` (created if missing): `stage_index`'s files, in one
     commit that also deletes the repo's files of an earlier index (older snapshots, thumbnails no longer used).
     -> the repo's URL (with `dry_run`, the staging folder: nothing is uploaded)."""
-    from .gallery_index import META_FILE, read_meta
+    from search.index.gallery_index import META_FILE, read_meta
 
     if not _REPO.match(repo):
         raise ValueError(f"--repo {repo!r}: expected OWNER/NAME")

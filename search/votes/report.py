@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .arena import vote_systems
-from .votes import Vote
+from search.votes.arena import vote_systems
+from search.votes.store import Vote
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -556,7 +556,7 @@ def write_report(votes: Sequence[Vote], out_dir: str | Path, bootstrap: int = 10
 
 def load_votes(data_dir: str | Path | None = None, votes: str | Path | None = None) -> list[Vote]:
     """Votes of an app's data directory (its votes.db; nothing is created) or of an export file/folder."""
-    from .votes import VoteStore, read_votes
+    from search.votes.store import VoteStore, read_votes
 
     if (data_dir is None) == (votes is None):
         raise ValueError("give a data directory (--data-dir) or an export (--votes), not both")

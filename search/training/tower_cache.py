@@ -14,8 +14,7 @@ from tqdm import tqdm
 
 from models.lite import FEATURE_DIMS, image_tower_outputs, load_image_tower, preprocess_image, shallow_stages
 from models.style_adapters import FIRST_ADAPTED, SHALLOW_SHAPE
-
-from .images import iter_batches
+from search.index.images import iter_batches
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,14 @@ TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
     # a mirror image (training augmentation: sketch and photo mirrored together keep their pose match)
     "hflip": lambda im: im.transpose(Image.FLIP_LEFT_RIGHT),
 }
-DEGRADED = "deg:"  # view "deg:<degradation id>", e.g. "deg:jpeg:15": a search.degradations copy
+DEGRADED = "deg:"  # view "deg:<degradation id>", e.g. "deg:jpeg:15": a search.training.degradations copy
 
 
 def get_transform(view: str) -> Callable[[Image.Image], Image.Image]:
-    """A named view: one of TRANSFORMS, or "deg:<id>" (`search.degradations.degrade`, seeded by the image's
+    """A named view: one of TRANSFORMS, or "deg:<id>" (`search.training.degradations.degrade`, seeded by the image's
     pixels so every photo gets its own random hue or crop corner, the same on every run)."""
     if view.startswith(DEGRADED):
-        from .degradations import degrade, get_degradation
+        from search.training.degradations import degrade, get_degradation
 
         d = get_degradation(view[len(DEGRADED):])
         return lambda im: degrade(im, d, seed=zlib.crc32(im.convert("RGB").resize((8, 8)).tobytes()))

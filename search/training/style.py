@@ -20,9 +20,8 @@ from tqdm import tqdm
 
 from models.lite import load_image_tower, preprocess_image
 from models.style import STYLES, StyleSpace, gram_descriptors
-
-from .images import iter_batches
-from .tower_cache import TRANSFORMS
+from search.index.images import iter_batches
+from search.training.tower_cache import TRANSFORMS
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Evaluation: benchmark folders, metrics, and the evaluator that runs the app's own query path."""

@@ -1,0 +1,1 @@
+"""Indexing: gallery sources, image loading, building and loading index directories, FAISS, the Hub."""

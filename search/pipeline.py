@@ -1,0 +1,123 @@
+"""The one query path, in stages: encode (texts in one batch, the image once) -> fuse -> search -> expand /
+hub-correct / re-rank -> hits. The app, the REST API, the MCP tool and `eval` all rank through `rank_queries`.
+
+Stages (as in clip-retrieval's back end): `encode_query` turns a Query into unit vectors, `rank_queries`
+turns vectors into a named ranking's hits.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from threading import Lock
+
+import numpy as np
+from PIL import Image
+
+from models import Encoder
+from models.query_bank import QueryBank
+from models.style import check_readable, describe
+from search.hubness import HubCorrected, hub_penalties
+from search.index.gallery_index import GalleryIndex
+from search.layout import is_lowres, rerank_top
+from search.rankings import RankSettings, expand_queries, get_ranking
+from search.types import Hit, Query
+
+
+@dataclass(frozen=True)
+class EncodedQuery:
+    vectors: tuple[np.ndarray, ...]  # (dim,) unit vector per text variant (the query's text, then its rephrasing)
+    style_probs: np.ndarray | None  # (len(STYLES),) detected style of the query image, if any
+    style: str | None              # the same, readable: "sketch 0.91 · cartoon 0.06"
+    # style-conditioned queries: the mixture times the image's share of the vector, i.e. how much each
+    # style's hub scores count in the ranking (querybank normalisation, models/query_bank.py); else None
+    style_weights: np.ndarray | None = None
+
+    @property
+    def vector(self) -> np.ndarray:
+        """The query's own vector (its text as typed)."""
+        return self.vectors[0]
+
+
+class TextVectors:
+    """Text -> vector, remembered (least recently used first out): a text is encoded once, however often it
+    is asked for (example texts, a rephrasing shared by many queries). Missing texts go in one batch."""
+
+    def __init__(self, encoder: Encoder, size: int = 4096) -> None:
+        self.encoder, self.size = encoder, size
+        self._seen: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = Lock()
+
+    def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._seen))
+        if missing:
+            fresh = self.encoder.encode_texts(missing)
+            with self._lock:
+                for t, v in zip(missing, fresh):
+                    self._seen[t] = v
+                while len(self._seen) > self.size:
+                    self._seen.popitem(last=False)
+        with self._lock:
+            for t in texts:
+                self._seen.move_to_end(t)
+            return [self._seen[t] for t in texts]
+
+
+def encode_query(encoder: Encoder, query: Query, texts: Sequence[str] = (), style: bool = True,
+                 text_vectors: TextVectors | None = None) -> EncodedQuery:
+    """A query -> one unit vector per text variant (`texts`, default the query's own text; with an image
+    alone, one vector). The image is encoded once and fused with each text by `query.text_weight` (early
+    fusion, so any index searches it); `style` lets a style-aware encoder condition it on its detected style."""
+    texts = list(texts) or ([query.text] if query.text else [])
+    tvecs = (text_vectors or encoder.encode_texts)(texts) if texts else []
+    img = probs = None
+    if query.image is not None:
+        check_readable(query.image)  # StyleError (a ValueError) for a blank canvas or a uniform image
+        img_vecs, p = encoder.encode_query_tensors(encoder.preprocess(query.image)[None], style)
+        img, probs = img_vecs[0], None if p is None else p[0]
+    if img is None:
+        fused, image_share = list(tvecs), 1.0
+    elif not tvecs:
+        fused, image_share = [img], 1.0
+    else:
+        fused = [query.text_weight * t + (1 - query.text_weight) * img for t in tvecs]
+        image_share = 1 - query.text_weight
+    vectors = tuple((v / np.linalg.norm(v)).astype(np.float32) for v in fused)
+    weights = probs * image_share if style and probs is not None else None
+    return EncodedQuery(vectors, probs, describe(probs) if probs is not None else None, weights)
+
+
+def rank_query(ranking: str, vector: np.ndarray, encoded: EncodedQuery, query: Query, gallery: GalleryIndex,
+               settings: RankSettings, bank: QueryBank | None) -> list[Hit]:
+    """One encoded query's `ranking` (see `rank_queries`)."""
+    lowres = {0: query.image} if query.image is not None and is_lowres(encoded.style_weights) else {}
+    weights = None if encoded.style_weights is None else encoded.style_weights[None]
+    return rank_queries(ranking, vector[None], gallery, settings, [query.image is not None], lowres, weights,
+                        bank)[0]
+
+
+def rank_queries(ranking: str, vectors: np.ndarray, gallery: GalleryIndex, settings: RankSettings,
+                 has_image: Sequence[bool], lowres: Mapping[int, Image.Image],
+                 style_weights: np.ndarray | None = None, bank: QueryBank | None = None) -> list[list[Hit]]:
+    """Query vectors -> `ranking`'s hits; the one path the app and the evaluator share.
+
+    Image queries (`has_image`) are expanded by their top hits (`expand_queries`); those detected as low-res
+    (`lowres`: row -> the query image) put near-duplicates of themselves first among the candidates
+    (search/layout.py). Style-conditioned queries (`style_weights`, (Q, n_styles), rows of 0 for the others)
+    have the gallery's hubs for their style discounted with the encoder's query `bank` (search/hubness.py)."""
+    vectors = vectors.copy()
+    rows = np.flatnonzero(np.asarray(has_image, bool))
+    if len(rows):
+        vectors[rows] = expand_queries(vectors[rows], gallery, settings.expand, settings.expand_alpha)
+    penalties = hub_penalties(gallery, bank, style_weights)
+    hits: list[list[Hit]] = [[] for _ in vectors]
+    for near in (False, True):
+        sel = [i for i in range(len(vectors)) if (i in lowres) == near]
+        if not sel:
+            continue
+        wide = replace(settings, k=max(settings.k, settings.candidates)) if near else settings
+        view = gallery if penalties is None else HubCorrected(gallery, penalties[sel])
+        for i, row in zip(sel, get_ranking(ranking)(vectors[sel], view, wide)):
+            hits[i] = rerank_top(row, lowres[i], settings.candidates)[: settings.k] if near else row
+    return hits
