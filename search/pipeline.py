@@ -17,6 +17,7 @@ from PIL import Image
 from models import Encoder
 from models.query_bank import QueryBank
 from models.style import check_readable, describe
+from search.batching import MicroBatcher
 from search.hubness import HubCorrected, hub_penalties
 from search.index.gallery_index import GalleryIndex
 from search.layout import is_lowres, rerank_top
@@ -41,27 +42,41 @@ class EncodedQuery:
 
 class TextVectors:
     """Text -> vector, remembered (least recently used first out): a text is encoded once, however often it
-    is asked for (example texts, a rephrasing shared by many queries). Missing texts go in one batch."""
+    is asked for (example texts, a rephrasing shared by many queries). Missing texts go in one batch, and
+    so do those of concurrent queries: texts that threads ask for while the encoder is busy share its next
+    forward (search/batching.py; a lone query's batch is its own texts, as without batching)."""
 
-    def __init__(self, encoder: Encoder, size: int = 4096) -> None:
+    def __init__(self, encoder: Encoder, size: int = 4096, max_batch: int = 64) -> None:
         self.encoder, self.size = encoder, size
         self._seen: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = Lock()
+        self.batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(self._encode, max_batch)
 
-    def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
+    def _encode(self, texts: list[str]) -> list[np.ndarray]:
+        """One encoder forward for the texts not remembered yet (another batch may just have done some)."""
         with self._lock:
-            missing = list(dict.fromkeys(t for t in texts if t not in self._seen))
+            known = {t: self._seen[t] for t in texts if t in self._seen}
+        missing = [t for t in texts if t not in known]
         if missing:
             fresh = self.encoder.encode_texts(missing)
             with self._lock:
                 for t, v in zip(missing, fresh):
-                    self._seen[t] = v
+                    self._seen[t] = known[t] = v
                 while len(self._seen) > self.size:
                     self._seen.popitem(last=False)
+        return [known[t] for t in texts]
+
+    def __call__(self, texts: Sequence[str]) -> list[np.ndarray]:
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._seen))
+            found = {t: self._seen[t] for t in texts if t in self._seen}
+        if missing:
+            found.update(zip(missing, self.batcher(missing)))
         with self._lock:
             for t in texts:
-                self._seen.move_to_end(t)
-            return [self._seen[t] for t in texts]
+                if t in self._seen:
+                    self._seen.move_to_end(t)
+        return [found[t] for t in texts]
 
 
 def encode_query(encoder: Encoder, query: Query, texts: Sequence[str] = (), style: bool = True,

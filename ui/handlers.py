@@ -89,8 +89,9 @@ class Handlers:
                       self.side_of.choice("AB"), settings)
         log.info("query text=%r image=%s style=%s -> %d+%d hits in %.0f ms", (query.text or "")[:100],
                  query.image is not None, c.style, len(c.baseline), len(c.aligned), c.seconds * 1e3)
+        # the vote buttons as updates, not gr.Button(...): Gradio builds each updated component once anyway
         return (*self.galleries(state, settings["show_scores"]), describe(state, c.seconds), state, "",
-                *[gr.Button(interactive=True) for _ in CHOICES])
+                *[gr.update(interactive=True) for _ in CHOICES])
 
     def galleries(self, state: Shown | None, show_scores: bool) -> tuple[list, list]:
         if state is None:
@@ -137,7 +138,7 @@ class Handlers:
         aligned = "B" if state.baseline_side == "A" else "A"
         text = (f"Thanks! **{state.baseline_side}** was the baseline ranking and **{aligned}** the "
                 f"aesthetically-aligned one. You chose: {CHOICE_LABELS[state.voted]}.")
-        return text, state, *[gr.Button(interactive=False) for _ in CHOICES]
+        return text, state, *[gr.update(interactive=False) for _ in CHOICES]
 
     def find_images(self, text: str, k: int = 8, ranking: str = "aligned", request: gr.Request = None) -> list[dict]:
         """Find images in this app's gallery that match a text description, e.g. "a cat on a sofa".
