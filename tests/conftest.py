@@ -12,10 +12,13 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import skimage
+from PIL import Image, ImageFilter, ImageOps
 
 from search.votes.store import VoteStore
 
 APP = Path(__file__).resolve().parent.parent / "app.py"
+SKIMAGE_DATA = Path(skimage.__file__).parent / "data"  # the default gallery's photos
 STARTUP_TIMEOUT = 300  # seconds: loading the encoder and embedding the gallery on a busy 2-core CPU
 # the shared app serves many tests from one address: per-visitor limits that they never reach
 GENEROUS_LIMITS = {"VISUAL_SEARCH_SEARCHES_PER_MINUTE": "100000", "VISUAL_SEARCH_VOTES_PER_MINUTE": "100000"}
@@ -108,3 +111,27 @@ def app(tmp_path_factory: pytest.TempPathFactory):
         yield app
 
 
+
+
+# ---------------------------------------------------------------- one engine on the default gallery
+@pytest.fixture(scope="session")
+def default_engine(tmp_path_factory: pytest.TempPathFactory):
+    """The built-in gallery indexed once with the real `lite` encoder, for every test that only searches it."""
+    from search.engine import SearchEngine
+    from search.index.sources import default_gallery
+
+    engine, _ = SearchEngine.build(default_gallery(), "lite", cache_dir=tmp_path_factory.mktemp("engine-cache"))
+    return engine
+
+
+# ---------------------------------------------------------------- images
+def photo(name: str) -> Image.Image:
+    """A sample photo of the default gallery, as RGB."""
+    return Image.open(SKIMAGE_DATA / name).convert("RGB")
+
+
+def pencil_sketch(im: Image.Image) -> Image.Image:
+    """Dark strokes on white paper: the main edges of a photo (smoothed first, so fur is not drawn)."""
+    edges = im.convert("L").filter(ImageFilter.GaussianBlur(3)).filter(ImageFilter.FIND_EDGES)
+    edges = edges.point(lambda v: 255 if v > 40 else 0)
+    return ImageOps.invert(edges).convert("RGB")

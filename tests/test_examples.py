@@ -104,12 +104,8 @@ def test_the_script_reproduces_the_committed_files(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- with the real encoder
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
-    from search.engine import SearchEngine
-    from search.index.sources import default_gallery
-
-    engine, _ = SearchEngine.build(default_gallery(), "lite", cache_dir=tmp_path_factory.mktemp("cache"))
-    return engine
+def engine(default_engine):  # noqa: ANN001, ANN201 (the session's engine on the default gallery: conftest.py)
+    return default_engine
 
 
 def first_hits(engine, example: ExampleQuery, k: int = 3) -> list[str]:

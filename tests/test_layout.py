@@ -68,13 +68,12 @@ def test_is_lowres_reads_the_style_mixture() -> None:
 
 
 @pytest.mark.slow
-def test_engine_finds_the_original_of_a_thumbnail_first_with_style_on(tmp_path: Path) -> None:
+def test_engine_finds_the_original_of_a_thumbnail_first_with_style_on(default_engine) -> None:  # noqa: ANN001
     """The built-in gallery and the real lite encoder: a 32-px thumbnail of each photo, detected as low-res,
     brings back its original at rank 1 on both sides; with style conditioning off nothing is re-ranked."""
-    from search.engine import SearchEngine
     from search.types import Query
 
-    engine, _ = SearchEngine.build(default_gallery(), cache_dir=tmp_path)
+    engine = default_engine
     ids = ["skimage/chelsea", "skimage/coffee", "skimage/rocket", "skimage/astronaut", "skimage/motorcycle_left"]
     for item in ids:
         query = Query(image=_tiny(_open(item)))

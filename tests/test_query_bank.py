@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_style import SKIMAGE_DATA, pencil_sketch, photo
+from conftest import SKIMAGE_DATA, pencil_sketch, photo
 
 from models import get_encoder
 from models.query_bank import QueryBank

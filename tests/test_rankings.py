@@ -9,12 +9,11 @@ import pytest
 from models import get_encoder
 from search.engine import SearchEngine
 from search.examples import TEXT_EXAMPLES
-from search.index.gallery_index import write_index
+from search.index.gallery_index import aesthetic_direction, write_index
 from search.index.sources import default_gallery
 from search.rankings import (
     CALIBRATIONS,
     RankSettings,
-    aesthetic_direction,
     aligned,
     baseline,
     collapse_near_duplicates,

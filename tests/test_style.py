@@ -5,26 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import skimage
-from PIL import Image, ImageFilter, ImageOps
+from conftest import pencil_sketch, photo
+from PIL import Image
 
 from models.lite import load_image_tower, preprocess_image
 from models.style import STYLES, StyleError, StyleSpace, check_readable, describe, gram_descriptors
 from search.training.style import fit_space
 
-SKIMAGE_DATA = Path(skimage.__file__).parent / "data"
 STYLE_SPACE = Path(__file__).resolve().parent.parent / "models" / "weights" / "style_space.npz"
-
-
-def photo(name: str) -> Image.Image:
-    return Image.open(SKIMAGE_DATA / name).convert("RGB")
-
-
-def pencil_sketch(im: Image.Image) -> Image.Image:
-    """Dark strokes on white paper: the main edges of a photo (smoothed first, so fur is not drawn)."""
-    edges = im.convert("L").filter(ImageFilter.GaussianBlur(3)).filter(ImageFilter.FIND_EDGES)
-    edges = edges.point(lambda v: 255 if v > 40 else 0)
-    return ImageOps.invert(edges).convert("RGB")
 
 
 @pytest.fixture(scope="module")
