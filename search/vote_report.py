@@ -425,13 +425,13 @@ def _err(intervals: Sequence[Interval]) -> np.ndarray:
 
 
 def _rate_bars(ax, labels: Sequence[str], tallies: Sequence[Tally], title: str) -> None:  # noqa: ANN001
-    rates = [t.aligned_rate for t in tallies]
+    rates = [t.aligned_rate if t.decisive else Interval(math.nan, 0.0, 0.0) for t in tallies]  # no bar, no whisker
     y = np.arange(len(labels))[::-1]
     est = [0.0 if math.isnan(r.estimate) else r.estimate for r in rates]
     ax.barh(y, est, xerr=_err(rates), color=COLOURS["aligned"], capsize=3, height=0.6)
-    for yi, t, e in zip(y, tallies, est):
-        ax.text(min(e, 1.0) + 0.01 if t.decisive else 0.01, yi, f"n={t.decisive}" if t.decisive else "no votes",
-                va="center", fontsize=8)
+    for yi, t, r in zip(y, tallies, rates):
+        ax.text(r.high + 0.015 if t.decisive else 0.01, yi,
+                f"n={t.decisive}" if t.decisive else "no decisive votes", va="center", fontsize=8)
     ax.axvline(0.5, color="k", lw=0.8, ls="--")
     ax.set_yticks(y, [s if len(s) <= 42 else s[:20] + "…" + s[-20:] for s in labels], fontsize=8)
     ax.set_xlim(0, 1.15)
