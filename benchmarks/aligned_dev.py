@@ -142,13 +142,31 @@ def dedup_threshold(out: Path, share: float = 0.01) -> None:
           f"share >= {t:.3f}: {np.mean(copies >= t):.3f}, >= 0.94: {np.mean(copies >= 0.94):.3f}")
 
 
+R1_SLACK, R10_SLACK = 0.02, 0.01   # the acceptance limits of issue 17, applied on dev
+
+
+def choose_margin(table: list[dict]) -> dict[float, float | None]:
+    """Per threshold: the largest margin whose aligned R@1 is within R1_SLACK and R@10 within R10_SLACK of the
+    baseline on every plain dev benchmark (None if no margin is)."""
+    base = {r["benchmark"]: r for r in table if r["ranking"] == "baseline"}
+    out = {}
+    for t in sorted({r["threshold"] for r in table if r["ranking"] == "aligned"}):
+        ok = [m for m in sorted({r["margin"] for r in table if r["ranking"] == "aligned" and r["threshold"] == t})
+              if all(r["R@1"] >= base[r["benchmark"]]["R@1"] - R1_SLACK - 1e-9
+                     and r["R@10"] >= base[r["benchmark"]]["R@10"] - R10_SLACK - 1e-9
+                     for r in table if r["ranking"] == "aligned" and r["threshold"] == t and r["margin"] == m
+                     and r["benchmark"] in DEV)]
+        out[t] = max(ok) if ok else None
+    return out
+
+
 def sweep(out: Path, margins: list[float], thresholds: list[float], weight: float, csv_out: str | None) -> None:
     from search.rankings import RankSettings
 
     table = []
     for name in [*DEV, *(f"{n}+copies" for n in DEV)]:
         prep = prepared(out / name)
-        k = 10
+        k = len(prep[5])   # full rankings, as `python -m search eval` (orig@10 needs every query's copies)
         base = metrics(prep, "baseline", RankSettings(k=k))
         table.append({"benchmark": name, "ranking": "baseline", "margin": "", "threshold": "", **base})
         for t in thresholds:
@@ -161,6 +179,8 @@ def sweep(out: Path, margins: list[float], thresholds: list[float], weight: floa
                 print(f"{name:<22}{row['ranking']:<9}{row['margin']!s:>6}{row['threshold']!s:>6}  R@1 {row['R@1']:.3f}"
                       f"  R@10 {row['R@10']:.3f}" + (f"  orig@10 {row['orig@10']:.3f}" if "orig@10" in row else ""),
                       flush=True)
+    print(f"margin by the dev rule (R@1 within {R1_SLACK}, R@10 within {R10_SLACK} of the baseline on the plain dev "
+          f"benchmarks), per threshold: {choose_margin(table)}")
     if csv_out:
         keys = ["benchmark", "ranking", "margin", "threshold", "R@1", "R@5", "R@10", "orig@10", "aes@10", "n"]
         with open(csv_out, "w", newline="") as f:
@@ -179,8 +199,8 @@ def main() -> None:
     p.add_argument("out")
     p = sub.add_parser("sweep")
     p.add_argument("out")
-    p.add_argument("--margins", default="0,0.02,0.04,0.06,0.08,0.12,0.16")
-    p.add_argument("--thresholds", default="0.94")
+    p.add_argument("--margins", default="0,0.01,0.02,0.04,0.08")
+    p.add_argument("--thresholds", default="0.78")
     p.add_argument("--weight", type=float, default=0.5, help="aesthetic_weight (lambda), the app's default")
     p.add_argument("--csv")
     args = parser.parse_args()
