@@ -260,7 +260,7 @@ class ReportData:
     overall: Tally
     by_kind: tuple[tuple[str, Tally], ...]      # KINDS in order (then "image" if any), zero tallies included
     by_version: tuple[tuple[str, Tally], ...]   # encoder · index, in order of first vote
-    bucket: str                                  # "hour", "day" or "week"
+    bucket: str                                  # "minute", "hour", "day" or "week"
     over_time: tuple[TimeBucket, ...]
     systems: tuple[SystemScore, ...]             # Bradley-Terry, best first
     pairs: tuple[PairTally, ...]
@@ -273,10 +273,13 @@ class ReportData:
         return len(self.systems) > 2 or len(self.pairs) > 1
 
 
-BUCKETS = {"hour": 3600, "day": 86_400, "week": 7 * 86_400}
+BUCKETS = {"minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400}
 
 
 def bucket_for(span_seconds: float) -> str:
+    """Votes over at most 2 hours: per minute; 2 days: per hour; 90 days: per day; longer: per week."""
+    if span_seconds <= 2 * 3600:
+        return "minute"
     return "hour" if span_seconds <= 2 * 86_400 else "day" if span_seconds <= 90 * 86_400 else "week"
 
 
