@@ -7,6 +7,11 @@ JPEG 2000, gamma curves, brightness shifts, pasted colour blocks) and other stre
 (greyscale, strong saturation and sharpening, stronger blur, noise, JPEG and contrast). Benchmarks also
 use `degrade` to put degraded copies of gallery photos into galleries.
 
+`text_overlay` (captions, watermarks, date stamps) was added to training for issue 17: a local corruption
+(foreign structure stamped on the content) that the list lacked. It is not a held-out type: its strokes are
+thin anti-aliased glyphs with an outline, not solid squares (colour_blocks), and it changes no global tone
+(vignette, haze, gamma, brightness). uneven_light gained a milder and a stronger strength (0.35, 0.85).
+
 Within a type, strengths are listed from mild to strong (training also ranks a milder copy above a
 stronger one). Every degradation keeps the image size (a crop is resized back), returns RGB, and is
 deterministic given a seed. Spatial strengths (blur sigma, block size, shifts) are in pixels of a
