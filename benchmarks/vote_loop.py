@@ -243,13 +243,15 @@ def agreement(votes: list[Vote], score) -> tuple[float, float, int, int]:  # noq
     return (float(np.mean(per_vote)) if per_vote else math.nan, n_agree / max(n_pairs, 1), len(per_vote), n_pairs)
 
 
-def make_scorer(gallery: Path, meta: dict[str, dict], cache: Path, gate_path: Path | None):  # noqa: ANN201
-    """score(text, ids) of the lite heads' single-stage ranking, through the gate at `gate_path` if given."""
+def make_scorer(gallery: Path, meta: dict[str, dict], cache: Path, gate_path: Path | None,
+                texts: dict[str, np.ndarray]):  # noqa: ANN201
+    """score(text, ids) of the lite heads' single-stage ranking, through the gate at `gate_path` if given;
+    `texts`: query text -> its MiniLM vector (all computed at once: the text tower loads per call)."""
     import torch
 
     from models.aesthetic_gate import AestheticGate
     from search.training.align import TowerBank, embed_images, load_reference
-    from search.training.tower_cache import TowerCache, text_embeddings
+    from search.training.tower_cache import TowerCache
 
     ref = load_reference("lite")
     tc = TowerCache(cache / "towers-vote-gallery.npz")
@@ -257,17 +259,17 @@ def make_scorer(gallery: Path, meta: dict[str, dict], cache: Path, gate_path: Pa
     bad = tc.fill(list(files.values()), [""] * len(files))
     if bad:
         raise RuntimeError(f"unreadable gallery images: {bad[:3]}")
-    bank = TowerBank([tc])
     gate = AestheticGate.load(gate_path) if gate_path else None
     ids = sorted(files)
-    emb = dict(zip(ids, embed_images(ref, bank, [f"{files[i]}|" for i in ids], gate)))
-    texts: dict[str, torch.Tensor] = {}
+    emb = dict(zip(ids, embed_images(ref, TowerBank([tc]), [f"{files[i]}|" for i in ids], gate).numpy()))
+    names = sorted(texts)
+    with torch.no_grad():
+        q = ref.embed_text(torch.from_numpy(np.stack([texts[t] for t in names])))
+        q = (q if gate is None else gate.pad_query(q)).numpy()
+    query = dict(zip(names, q))
 
     def score(text: str, items: list[str]) -> list[float]:
-        if text not in texts:
-            q = ref.embed_text(torch.from_numpy(text_embeddings([text])))
-            texts[text] = (q if gate is None else gate.pad_query(q))[0]
-        return [float(texts[text] @ emb[i]) for i in items]
+        return [float(query[text] @ emb[i]) for i in items]
     return score
 
 
@@ -364,9 +366,14 @@ def main() -> None:
         print(f"train-align with {n} votes: {times[f'train-align, {n} votes']:.0f} s", flush=True)
 
     t0 = time.perf_counter()
-    rows = [("lite (reference, no gate)", "—", None, agreement(heldout_votes, make_scorer(gallery, meta, work, None)))]
+    from search.training.tower_cache import text_embeddings
+
+    names = sorted({v.query_text for v in votes})
+    texts = dict(zip(names, text_embeddings(names)))
+    rows = [("lite (reference, no gate)", "—", None,
+             agreement(heldout_votes, make_scorer(gallery, meta, work, None, texts)))]
     for n, gate in gates.items():
-        scorer = make_scorer(gallery, meta, work, gate)
+        scorer = make_scorer(gallery, meta, work, gate, texts)
         rows.append(("lite + gate from train-align", n, agreement(train_votes[:n], scorer) if n else None,
                      agreement(heldout_votes, scorer)))
     times["agreement"] = time.perf_counter() - t0

@@ -204,6 +204,76 @@ def _native_stats(rgb: np.ndarray) -> list[float]:
     return [block, same, occupancy, _log(colours), impulse, _log(noise), _log(flat_noise)]
 
 
+def _patch_stats(rgb_native: np.ndarray, rgb: np.ndarray, g: np.ndarray) -> list[float]:
+    """Generic statistics of three kinds the older ones describe poorly.
+
+    * Colour-uniform patches (native view, 8x8 on the pixel grid): the share whose every channel spans at
+      most 3 grey levels, among those that are not clipped (not near black or white). Camera photos almost
+      never have them (sensor noise and texture); flat fills, palettes, pixel blocks, strong compression and
+      over-smoothing do. As log(share + 1e-3); also the share of those flat patches that border a strong
+      edge (a flat area pasted against the content rather than a smooth sky fading into it).
+    * The illumination field: a quadratic surface a + b x + c y + d x^2 + e y^2 fitted to the log luminance
+      of a 6x6 grid of the frame (x, y in -1..1): the strength of its tilt (light falling off across the
+      frame) and its curvature (d + e: brighter or darker towards the edges than the content explains),
+      and the fit's residual (how much of the brightness layout is content rather than a smooth field).
+    * Local (Weber) contrast: local standard deviation over local mean (9-px windows of the analysis view),
+      its 25th / 50th / 75th percentiles, and its median in the darkest and in the brightest quarter of the
+      windows (a veil of light or a lifted black level lowers it in the dark parts most). Also the saturation
+      median and the share of near-grey pixels.
+    """
+    from scipy.ndimage import uniform_filter
+
+    # colour-uniform patches
+    c, h, w = rgb_native.shape
+    h8, w8 = h // 8 * 8, w // 8 * 8
+    if h8 and w8:
+        blocks = rgb_native[:, :h8, :w8].reshape(c, h8 // 8, 8, w8 // 8, 8)
+        span = (blocks.max((2, 4)) - blocks.min((2, 4))).max(0)            # (h8/8, w8/8)
+        mean = blocks.mean((0, 2, 4))
+        unclipped = (mean > 8) & (mean < 247)
+        flat = (span <= 3) & unclipped
+        flat_share = float(flat.sum()) / max(1, int(unclipped.sum()))
+        # edge next to a flat patch: a neighbouring patch whose mean differs by > 24 levels
+        m = blocks.mean((2, 4))                                            # (3, H, W)
+        jump = np.zeros(flat.shape, bool)
+        dx = np.abs(np.diff(m, axis=2)).max(0) > 24
+        dy = np.abs(np.diff(m, axis=1)).max(0) > 24
+        jump[:, :-1] |= dx
+        jump[:, 1:] |= dx
+        jump[:-1] |= dy
+        jump[1:] |= dy
+        edged = float((flat & jump).sum()) / max(1, int(unclipped.sum()))
+    else:
+        flat_share = edged = 0.0
+    # illumination field
+    n = 6
+    hh, ww = g.shape[0] // n * n, g.shape[1] // n * n
+    cells = np.log(g[:hh, :ww].reshape(n, hh // n, n, ww // n).mean((1, 3)) + 0.02).ravel()
+    t = np.linspace(-1, 1, n)
+    yy, xx = np.meshgrid(t, t, indexing="ij")
+    x, y = xx.ravel(), yy.ravel()
+    design = np.stack([np.ones_like(x), x, y, x * x, y * y], 1)
+    coef, *_ = np.linalg.lstsq(design, cells, rcond=None)
+    resid = float(np.std(cells - design @ coef))
+    # local Weber contrast
+    mu = uniform_filter(g, 9)
+    sd = np.sqrt(np.abs(uniform_filter(g * g, 9) - mu * mu))
+    weber = (sd / (mu + 0.05))[::3, ::3].ravel()
+    mus = mu[::3, ::3].ravel()
+    q25, q75 = np.percentile(mus, [25, 75])
+    wp = np.percentile(weber, [25, 50, 75])
+    dark = float(np.median(weber[mus <= q25])) if np.any(mus <= q25) else float(wp[1])
+    bright = float(np.median(weber[mus >= q75])) if np.any(mus >= q75) else float(wp[1])
+    mx, mn = rgb.max(0)[::2, ::2], rgb.min(0)[::2, ::2]
+    sat = (mx - mn) / (mx + EPS)
+    return [
+        _log(flat_share + 1e-3), _log(edged + 1e-3),
+        float(math.hypot(coef[1], coef[2])), float(coef[3] + coef[4]), resid,
+        *(_log(float(v) + 1e-3) for v in wp), _log(dark + 1e-3), _log(bright + 1e-3),
+        float(np.median(sat)), float(np.mean(sat < 0.05)),
+    ]
+
+
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"nss{s}_{n}" for s in (1, 2) for n in (
         "alpha", "var", *(f"{o}_{p}" for o in ("h", "v") for p in ("alpha", "eta", "vl", "vr")))),
@@ -216,6 +286,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "local_sd_mean", "local_sd_p10", "local_sd_p90",
     "native_blockiness", "native_flat", "native_occupancy", "native_log_colours", "native_impulse",
     "native_log_noise", "native_log_noise_flat",
+    "patch_log_flat", "patch_log_flat_edged", "light_tilt", "light_curvature", "light_residual",
+    "weber_log_p25", "weber_log_p50", "weber_log_p75", "weber_log_dark", "weber_log_bright",
+    "sat_median", "grey_share",
 )
 
 
@@ -225,5 +298,6 @@ def quality_features(image: Image.Image) -> np.ndarray:
     rgb = analysis_view(image)
     g = _grey(rgb)
     g2 = _half(g)
-    feats = _nss(g) + _nss(g2) + _analysis_stats(rgb, g, g2) + _native_stats(native_view(image))
+    native = native_view(image)
+    feats = _nss(g) + _nss(g2) + _analysis_stats(rgb, g, g2) + _native_stats(native) + _patch_stats(native, rgb, g)
     return np.asarray(feats, np.float32)

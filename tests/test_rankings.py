@@ -152,7 +152,8 @@ def test_aligned_raises_the_aesthetics_of_near_ties_and_keeps_the_clear_match_fi
     queries = vectors[:20]
     base = baseline(queries, index, RankSettings(k=10))
     al = aligned(queries, index, RankSettings(k=10, aesthetic_weight=1.0, margin=0.2))
-    assert np.mean([h.item.aesthetic for r in al for h in r[1:]]) > np.mean([h.item.aesthetic for r in base for h in r[1:]]) + 1
+    mean_aesthetic = lambda rows: np.mean([h.item.aesthetic for r in rows for h in r[1:]])  # noqa: E731
+    assert mean_aesthetic(al) > mean_aesthetic(base) + 1
     assert all(r[0].item.id == f"g{i}" for i, r in enumerate(base))  # each vector finds itself first
     assert all(r[0].item.id == f"g{i}" for i, r in enumerate(al))    # ... on the aligned side too
 
@@ -183,10 +184,18 @@ def test_the_aligned_side_keeps_a_relevant_first_image_on_the_default_gallery(pa
         c = package_engine.compare(Query(text=text), RankSettings(k=12))
         base, al = [h.item.id for h in c.baseline], [h.item.id for h in c.aligned]
         assert al[0] in base[:3], (text, base[:3], al[:3])
-    cat = package_engine.compare(Query(text="a cat"), RankSettings(k=12))
-    assert cat.aligned[0].item.id == "skimage/chelsea"
     textures = {"skimage/grass", "skimage/gravel", "skimage/color", "skimage/brick"}
-    assert not textures & {h.item.id for h in cat.aligned[:3]}, [h.item.id for h in cat.aligned[:3]]
+    for margin in (None, 0.05):   # the calibrated margin, and a wider one
+        settings = RankSettings(k=12, margin=margin)
+        cat = package_engine.compare(Query(text="a cat"), settings)
+        assert cat.aligned[0].item.id == "skimage/chelsea"
+        # a clean texture is never lifted by its looks: whatever it passes is within lambda * margin of its
+        # relevance (a texture may still show where relevance alone puts it, as on the baseline side)
+        width = settings.aesthetic_weight * (CALIBRATIONS["lite"].margin if margin is None else margin)
+        for n, h in enumerate(cat.aligned):
+            if h.item.id in textures:
+                assert all(later.relevance < h.relevance + width + 1e-9 for later in cat.aligned[n + 1:]), (
+                    margin, [(x.item.id, round(x.relevance, 3)) for x in cat.aligned[:5]])
 
 
 def test_shift_ranking_needs_scores_and_uses_them(scored_index, tmp_path: Path) -> None:

@@ -283,7 +283,7 @@ def test_compare_pair_runs_each_system_on_its_own_engine(tmp_path: Path) -> None
     from search.index.sources import default_gallery
     from search.rankings import RankSettings
     from search.types import Query
-    from search.votes.arena import compare_pair, engines_for
+    from search.votes.arena import compare_pair, engines_for, shown_sides
 
     systems = parse_arena("lite:baseline,lite:aligned,lite-aligned:baseline")
     engines = engines_for(systems, lambda name: SearchEngine.build(default_gallery(), name, tmp_path / name,
@@ -296,6 +296,7 @@ def test_compare_pair_runs_each_system_on_its_own_engine(tmp_path: Path) -> None
     assert [h.item.id for h in pc.b.hits] == [h.item.id for h in c.baseline]
     assert pc.systems == ("lite:aligned", "lite:baseline") and pc.rephrased == c.rephrasing.rephrased
     assert pc.encoder == engines["lite"].encoder.fingerprint and pc.a.rephrased and pc.b.rephrased is None
+    assert shown_sides(pc, systems) == ("B", pc.b.hits, pc.a.hits)  # lite:baseline, listed first, is on B
     mixed = compare_pair(engines, (systems[2], systems[0]), query, settings)
     assert len(mixed.a.hits) == len(mixed.b.hits) == 6 and mixed.encoder.count("@") == 2
     assert mixed.encoder.startswith("lite-aligned@") and "," in mixed.index

@@ -7,6 +7,11 @@ JPEG 2000, gamma curves, brightness shifts, pasted colour blocks) and other stre
 (greyscale, strong saturation and sharpening, stronger blur, noise, JPEG and contrast). Benchmarks also
 use `degrade` to put degraded copies of gallery photos into galleries.
 
+`text_overlay` (captions, watermarks, date stamps) was added to training for issue 17: a local corruption
+(foreign structure stamped on the content) that the list lacked. It is not a held-out type: its strokes are
+thin anti-aliased glyphs with an outline, not solid squares (colour_blocks), and it changes no global tone
+(vignette, haze, gamma, brightness). uneven_light gained a milder and a stronger strength (0.35, 0.85).
+
 Within a type, strengths are listed from mild to strong (training also ranks a milder copy above a
 stronger one). Every degradation keeps the image size (a crop is resized back), returns RGB, and is
 deterministic given a seed. Spatial strengths (blur sigma, block size, shifts) are in pixels of a
@@ -242,6 +247,30 @@ def uneven_light(im, strength, rng):
     return _img(_arr(im) * (1 - strength * t)[..., None])
 
 
+_WORDS = ("sample", "photo", "copyright", "stock", "preview", "2019", "holiday", "IMG 0412", "do not copy",
+          "www", "draft", "proof", "camera", "12:45", "summer", "archive")
+
+
+def text_overlay(im, count, rng):
+    """`count` captions stamped on the picture (a watermark, date stamp or meme text): words from a fixed list
+    in a random colour and a contrasting outline, text height 9 % of the short side, at random places."""
+    from PIL import ImageDraw, ImageFont
+
+    out = im.copy()
+    draw = ImageDraw.Draw(out)
+    size = max(8, round(0.09 * min(im.size)))
+    font = ImageFont.load_default(size=size)
+    for _ in range(int(count)):
+        word = _WORDS[int(rng.integers(len(_WORDS)))]
+        colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+        outline = (0, 0, 0) if sum(colour) > 384 else (255, 255, 255)
+        x0, y0, x1, y1 = draw.textbbox((0, 0), word, font=font, stroke_width=max(1, size // 10))
+        x = int(rng.integers(0, max(1, im.width - (x1 - x0))))
+        y = int(rng.integers(0, max(1, im.height - (y1 - y0))))
+        draw.text((x - x0, y - y0), word, fill=colour, font=font, stroke_width=max(1, size // 10), stroke_fill=outline)
+    return out
+
+
 def vignette(im, strength, rng):
     """Darken towards the corners: brightness 1 - strength * (r / r_corner) ** 2."""
     y, x = np.mgrid[0 : im.height, 0 : im.width].astype(np.float32)
@@ -281,7 +310,7 @@ TRAIN_DEGRADATIONS: tuple[Degradation, ...] = tuple(
     + _make(jpeg, "jpeg", 35, 15)
     + _make(exposure, "underexposure", 0.55, 0.35)
     + _make(exposure, "overexposure", 1.6, 2.2)
-    + _make(uneven_light, "uneven_light", 0.6)
+    + _make(uneven_light, "uneven_light", 0.35, 0.6, 0.85)
     + _make(colour_cast, "colour_cast", 25, 45)
     + _make(contrast, "low_contrast", 0.55, 0.35)
     + _make(contrast, "high_contrast", 1.8)
@@ -289,6 +318,8 @@ TRAIN_DEGRADATIONS: tuple[Degradation, ...] = tuple(
     + _make(saturation, "oversaturate", 2.0)
     + _make(sharpen, "sharpen", 2.0)
     + _make(crop, "crop", 0.45, 0.25)
+    # added for issue 17: a kind of local corruption the list lacked (foreign structure stamped on the content)
+    + _make(text_overlay, "text_overlay", 1, 3)
 )
 
 HELD_OUT_DEGRADATIONS: tuple[Degradation, ...] = tuple(

@@ -240,6 +240,13 @@ def compare_pair(engines: Mapping[str, SearchEngine], pair: tuple[System, System
                           time.perf_counter() - t0)
 
 
+def shown_sides(pc: PairComparison, systems: Sequence[System]) -> tuple[str, tuple[Hit, ...], tuple[Hit, ...]]:
+    """(baseline_side, hits of the system listed first, hits of the other): the app's Shown fields
+    `baseline_side`, `baseline`, `aligned` for an arena pair (Shown.side(name) then gives each side's hits)."""
+    side = baseline_side((pc.a.system, pc.b.system), systems)
+    return (side, pc.a.hits, pc.b.hits) if side == "A" else (side, pc.b.hits, pc.a.hits)
+
+
 def engines_for(systems: Sequence[System], build: Any) -> dict[str, SearchEngine]:
     """One SearchEngine per encoder the arena names: `build(encoder name) -> SearchEngine` (each indexes the
     gallery with its own encoder; app.py builds them as it builds its one engine)."""

@@ -260,7 +260,7 @@ class ReportData:
     overall: Tally
     by_kind: tuple[tuple[str, Tally], ...]      # KINDS in order (then "image" if any), zero tallies included
     by_version: tuple[tuple[str, Tally], ...]   # encoder · index, in order of first vote
-    bucket: str                                  # "hour", "day" or "week"
+    bucket: str                                  # "minute", "hour", "day" or "week"
     over_time: tuple[TimeBucket, ...]
     systems: tuple[SystemScore, ...]             # Bradley-Terry, best first
     pairs: tuple[PairTally, ...]
@@ -273,10 +273,13 @@ class ReportData:
         return len(self.systems) > 2 or len(self.pairs) > 1
 
 
-BUCKETS = {"hour": 3600, "day": 86_400, "week": 7 * 86_400}
+BUCKETS = {"minute": 60, "hour": 3600, "day": 86_400, "week": 7 * 86_400}
 
 
 def bucket_for(span_seconds: float) -> str:
+    """Votes over at most 2 hours: per minute; 2 days: per hour; 90 days: per day; longer: per week."""
+    if span_seconds <= 2 * 3600:
+        return "minute"
     return "hour" if span_seconds <= 2 * 86_400 else "day" if span_seconds <= 90 * 86_400 else "week"
 
 
@@ -425,13 +428,13 @@ def _err(intervals: Sequence[Interval]) -> np.ndarray:
 
 
 def _rate_bars(ax, labels: Sequence[str], tallies: Sequence[Tally], title: str) -> None:  # noqa: ANN001
-    rates = [t.aligned_rate for t in tallies]
+    rates = [t.aligned_rate if t.decisive else Interval(math.nan, 0.0, 0.0) for t in tallies]  # no bar, no whisker
     y = np.arange(len(labels))[::-1]
     est = [0.0 if math.isnan(r.estimate) else r.estimate for r in rates]
     ax.barh(y, est, xerr=_err(rates), color=COLOURS["aligned"], capsize=3, height=0.6)
-    for yi, t, e in zip(y, tallies, est):
-        ax.text(min(e, 1.0) + 0.01 if t.decisive else 0.01, yi, f"n={t.decisive}" if t.decisive else "no votes",
-                va="center", fontsize=8)
+    for yi, t, r in zip(y, tallies, rates):
+        ax.text(r.high + 0.015 if t.decisive else 0.01, yi,
+                f"n={t.decisive}" if t.decisive else "no decisive votes", va="center", fontsize=8)
     ax.axvline(0.5, color="k", lw=0.8, ls="--")
     ax.set_yticks(y, [s if len(s) <= 42 else s[:20] + "…" + s[-20:] for s in labels], fontsize=8)
     ax.set_xlim(0, 1.15)
