@@ -203,3 +203,16 @@ def test_the_page_works_on_a_phone(app: App, browser) -> None:
     visit.gallery("A").scroll_into_view_if_needed()
     visit.shot("11-phone-results")
     assert visit.page_errors == []
+
+
+def test_the_results_tab_shows_what_the_votes_say(app: App, browser) -> None:
+    assert app.votes(), "earlier tests stored votes"
+    visit = Visit(browser, app.url)
+    page = visit.page
+    page.get_by_role("tab", name="Results").click()
+    page.get_by_text(re.compile(r"\d+ vote\(s\) from")).wait_for()
+    assert page.get_by_text("Sign test (two-sided exact binomial").first.is_visible()
+    page.wait_for_function("() => [...document.querySelectorAll('.thumbnail-item img')]"
+                           ".filter(i => i.complete && i.naturalWidth > 0).length >= 4")  # the plots
+    visit.shot("12-results")
+    assert visit.page_errors == []

@@ -5,6 +5,7 @@ import gradio as gr
 
 from search import config
 from search.engine import SearchEngine
+from search.votes.report import LiveResults
 from search.votes.store import CHOICES, VoteStore
 
 from .adapters import CHOICE_LABELS, Shown
@@ -43,51 +44,61 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
                     f"side to see which was which.{' ' + note if note else ''}", elem_id="header")
         shown = gr.State(None, time_to_live=config.SESSION_TTL_SECONDS)
         image_source = gr.State("Sketch")
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=320):
-                text = gr.Textbox(label="Text", placeholder="e.g. a cat on a sofa", lines=1, max_lines=3,
-                                  max_length=config.MAX_TEXT_CHARS)
-                with gr.Tabs() as image_tabs:
-                    with gr.Tab("Sketch", id="Sketch") as sketch_tab:
-                        sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=300,
-                                           layers=False, elem_id="sketchpad",
-                                           brush=gr.Brush(default_size=4, colors=["#000000"], color_mode="fixed"))
-                    with gr.Tab("Upload", id="Upload") as upload_tab:
-                        upload = ImageUpload(label="Image (artwork, low-res or photo)", type="filepath",
-                                             image_mode=None, sources=["upload", "clipboard"], height=300)
-                search_btn = gr.Button("Search", variant="primary")
-                if examples:
-                    pictures = [e for e in examples if e.image is not None]
-                    gr.Examples([[e.text] for e in examples if e.image is None], [text], label="Try a text")
-                    gr.Examples([[str(e.image)] for e in pictures if not e.text], [upload], examples_per_page=12,
-                                label="… a picture (drawings, a painting-like photo, a low-res photo)")
-                    with_text = [e for e in pictures if e.text]
-                    gr.Examples([[str(e.image), e.text] for e in with_text], [upload, text],
-                                example_labels=[e.caption for e in with_text],
-                                label="… or a drawing with words")
-                with gr.Accordion("Settings", open=False):
-                    text_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Text weight",
-                                            info="with a sketch or image plus text: the text's share of the query")
-                    k = gr.Slider(1, 48, value=top_k, step=1, label="Results per side")
-                    aesthetic_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Aesthetic weight",
-                                                 info="share of beauty vs relevance in the aligned ranking")
-                    rephrase = gr.Checkbox(True, label="Rephrase the query for the aligned ranking")
-                    dedup = gr.Checkbox(True, label="Remove near-duplicates from the aligned ranking")
-                    show_scores = gr.Checkbox(False, label="Show relevance and aesthetic scores",
-                                              info="relevance: cosine similarity to the query (-1 to 1); "
-                                                   "aesthetic: percentile among this gallery's images")
-            with gr.Column(scale=5):
-                with gr.Row():
-                    gallery_a, gallery_b = (gr.Gallery(label=side, columns=3, height=440, object_fit="cover",
-                                                       interactive=False, allow_preview=False, elem_classes="side")
-                                            for side in "AB")
-                info = gr.Markdown("Ask something to see two rankings. Click a result to search for more like it.")
-                with gr.Row():
-                    vote_btns = {c: gr.Button(CHOICE_LABELS[c], variant="secondary", interactive=False)
-                                 for c in CHOICES}
-                consent = gr.Checkbox(False, label="I agree that my votes are stored")
-                gr.Markdown(CONSENT, elem_id="consent")
-                reveal = gr.Markdown()
+        with gr.Tabs():
+            with gr.Tab("Search"):
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=2, min_width=320):
+                        text = gr.Textbox(label="Text", placeholder="e.g. a cat on a sofa", lines=1, max_lines=3,
+                                          max_length=config.MAX_TEXT_CHARS)
+                        with gr.Tabs() as image_tabs:
+                            with gr.Tab("Sketch", id="Sketch") as sketch_tab:
+                                sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=300,
+                                                   layers=False, elem_id="sketchpad",
+                                                   brush=gr.Brush(default_size=4, colors=["#000000"],
+                                                              color_mode="fixed"))
+                            with gr.Tab("Upload", id="Upload") as upload_tab:
+                                upload = ImageUpload(label="Image (artwork, low-res or photo)", type="filepath",
+                                                     image_mode=None, sources=["upload", "clipboard"], height=300)
+                        search_btn = gr.Button("Search", variant="primary")
+                        if examples:
+                            pictures = [e for e in examples if e.image is not None]
+                            gr.Examples([[e.text] for e in examples if e.image is None], [text], label="Try a text")
+                            gr.Examples([[str(e.image)] for e in pictures if not e.text], [upload],
+                                    examples_per_page=12,
+                                        label="… a picture (drawings, a painting-like photo, a low-res photo)")
+                            with_text = [e for e in pictures if e.text]
+                            gr.Examples([[str(e.image), e.text] for e in with_text], [upload, text],
+                                        example_labels=[e.caption for e in with_text],
+                                        label="… or a drawing with words")
+                        with gr.Accordion("Settings", open=False):
+                            text_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Text weight",
+                                                    info="with a sketch or image plus text: the text's share")
+                            k = gr.Slider(1, 48, value=top_k, step=1, label="Results per side")
+                            aesthetic_weight = gr.Slider(0, 1, value=0.5, step=0.05, label="Aesthetic weight",
+                                                         info="share of beauty vs relevance in the aligned ranking")
+                            rephrase = gr.Checkbox(True, label="Rephrase the query for the aligned ranking")
+                            dedup = gr.Checkbox(True, label="Remove near-duplicates from the aligned ranking")
+                            show_scores = gr.Checkbox(False, label="Show relevance and aesthetic scores",
+                                                      info="relevance: cosine similarity to the query (-1 to 1); "
+                                                           "aesthetic: percentile among this gallery's images")
+                    with gr.Column(scale=5):
+                        with gr.Row():
+                            gallery_a, gallery_b = (
+                                gr.Gallery(label=side, columns=3, height=440, object_fit="cover", interactive=False,
+                                           allow_preview=False, elem_classes="side") for side in "AB")
+                        info = gr.Markdown("Ask something to see two rankings. "
+                                           "Click a result to search for more like it.")
+                        with gr.Row():
+                            vote_btns = {c: gr.Button(CHOICE_LABELS[c], variant="secondary", interactive=False)
+                                         for c in CHOICES}
+                        consent = gr.Checkbox(False, label="I agree that my votes are stored")
+                        gr.Markdown(CONSENT, elem_id="consent")
+                        reveal = gr.Markdown()
+            with gr.Tab("Results") as results_tab:
+                results_md = gr.Markdown("What the votes say appears here.")
+                results_plots = gr.Gallery(label="Plots", columns=2, height="auto", allow_preview=True,
+                                           interactive=False)
+
         picked = gr.Textbox(visible=False)  # the id of a clicked result, for "more like this"
 
         # ------------------------------------------------------------ wiring
@@ -124,6 +135,8 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         for c, btn in vote_btns.items():
             btn.click(lambda c=c: c, None, choice, api_name=False).then(vote, *vote_io, api_name=False, **heavy)
         show_scores.change(h.galleries, [shown, show_scores], [gallery_a, gallery_b], api_name=False)
+        live = LiveResults(store.votes, store.count, ttl=5.0)  # read from the store, recomputed at most every 5 s
+        results_tab.select(live.get, None, [results_md, results_plots], api_name="results", concurrency_limit=1)
         gr.api(guarded(h.find_images, limits.searches), api_name="find_images", **heavy)
     return demo
 
