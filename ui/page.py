@@ -52,13 +52,13 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
                                           max_length=config.MAX_TEXT_CHARS)
                         with gr.Tabs() as image_tabs:
                             with gr.Tab("Sketch", id="Sketch") as sketch_tab:
-                                sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=300,
+                                sketch = Sketchpad(label="Draw", type="pil", canvas_size=(512, 512), height=260,
                                                    layers=False, elem_id="sketchpad",
                                                    brush=gr.Brush(default_size=4, colors=["#000000"],
                                                               color_mode="fixed"))
                             with gr.Tab("Upload", id="Upload") as upload_tab:
                                 upload = ImageUpload(label="Image (artwork, low-res or photo)", type="filepath",
-                                                     image_mode=None, sources=["upload", "clipboard"], height=300)
+                                                     image_mode=None, sources=["upload", "clipboard"], height=260)
                         search_btn = gr.Button("Search", variant="primary")
                         if examples:
                             pictures = [e for e in examples if e.image is not None]
