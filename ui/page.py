@@ -97,7 +97,7 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
             with gr.Tab("Results") as results_tab:
                 results_md = gr.Markdown("What the votes say appears here.")
                 results_plots = gr.Gallery(label="Plots", columns=2, height="auto", allow_preview=True,
-                                           interactive=False)
+                                           object_fit="contain", interactive=False)
 
         picked = gr.Textbox(visible=False)  # the id of a clicked result, for "more like this"
 
