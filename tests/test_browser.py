@@ -199,7 +199,12 @@ def test_the_page_works_on_a_phone(app: App, browser) -> None:
     visit.shot("10-phone-loaded")
     visit.text.fill("a cat")
     visit.search_button.click()
-    visit.wait_for_results("Query: text")
+    page.get_by_text(re.compile("Query: text")).first.wait_for()
+    for side in "AB":  # thumbnails load lazily: each gallery's once it is scrolled into view
+        gallery = visit.gallery(side)
+        gallery.scroll_into_view_if_needed()
+        gallery.locator(".thumbnail-item img").first.wait_for()
+        assert visit.images(side) == K
     visit.gallery("A").scroll_into_view_if_needed()
     visit.shot("11-phone-results")
     assert visit.page_errors == []
