@@ -55,8 +55,9 @@ def _query(args: argparse.Namespace) -> int:
 
     engine = SearchEngine.open(args.index, args.encoder)
     query = Query(text=args.text, image=load_image(args.image) if args.image else None)
+    print("rank  cosine  id   (cosine similarity to the query, -1 to 1)")
     for hit in engine.search(query, k=args.k):
-        print(f"{hit.rank:>3}  {hit.score:.4f}  {hit.item.id}")
+        print(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.item.id}")
     return 0
 
 

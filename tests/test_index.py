@@ -170,7 +170,8 @@ def test_bad_files_are_listed_and_good_ones_indexed_upright(tmp_path: Path, lite
 
     found = run_cli("query", str(out), "--text", "a cat", "-k", "3")
     assert found.returncode == 0, found.stderr[-3000:]
-    assert [line.split()[0] for line in found.stdout.splitlines()] == ["1", "2", "3"]
+    header, *rows = found.stdout.splitlines()
+    assert header.startswith("rank  cosine  id") and [line.split()[0] for line in rows] == ["1", "2", "3"]
 
 
 def test_index_cli_on_a_missing_source_is_a_clear_error(tmp_path: Path) -> None:
