@@ -57,6 +57,19 @@ def search_json(engine: SearchEngine, query: SearchQuery, k: int, ranking: str, 
             "seconds": round(c.seconds, 4), "hits": [hit_json(h, base_url) for h in hits]}
 
 
+async def limit_body(request: Request, call_next):  # noqa: ANN201 (FastAPI's http middleware signature)
+    """Refuse an /api upload larger than the limit before it is read: the multipart parser would otherwise
+    spool any size to disk first. A body without a declared length is refused too (411)."""
+    if request.url.path.startswith("/api/") and request.method == "POST":
+        length = request.headers.get("content-length")
+        if length is None:
+            return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+        if not length.isdigit() or int(length) > config.MAX_UPLOAD_BYTES + 64 * 1024:  # + the form's own fields
+            return JSONResponse({"detail": f"the image is over the {config.MAX_UPLOAD_BYTES // 2**20} MB upload "
+                                           "limit"}, status_code=413)
+    return await call_next(request)
+
+
 def create_router(engine: SearchEngine, limiter: RateLimiter,
                   check_image: Callable | None = None) -> APIRouter:
     """The /api routes over `engine`. `check_image(PIL image)` may raise ValueError to refuse an image
