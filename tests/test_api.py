@@ -3,6 +3,7 @@ client and a real MCP client."""
 from __future__ import annotations
 
 import asyncio
+import re
 from pathlib import Path
 
 import httpx
@@ -74,4 +75,6 @@ def test_the_mcp_server_lists_the_search_tool_and_a_call_returns_hits(app: App) 
     names = [t.name for t in tools]
     assert names == ["find_images"], names  # the search only: votes are never a tool
     assert "match a text description" in tools[0].description
-    assert "skimage/coffee" in text and "thumbnail" in text
+    assert "skimage/coffee" in text
+    thumb = re.search(r"https?://[^\s\"']+/api/thumbnail/skimage/coffee", text)
+    assert thumb and httpx.get(thumb[0], timeout=30).status_code == 200  # the URL an agent gets works

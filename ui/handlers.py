@@ -9,6 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from urllib.parse import urlsplit
 
 import gradio as gr
 
@@ -154,4 +155,6 @@ class Handlers:
         if ranking not in ("aligned", "baseline") or not 1 <= int(k) <= 48:
             raise RequestError("ranking must be \"aligned\" or \"baseline\", and k in 1..48")
         query = to_query(text, None, None, "Upload", 0.5)
-        return search_json(self.engine, query, int(k), ranking, str(getattr(request, "base_url", "") or ""))["hits"]
+        # the server's root, not this app's mount point (/agent/ for the MCP tools): /api/ lives at the root
+        base = urlsplit(str(getattr(request, "base_url", "") or ""))
+        return search_json(self.engine, query, int(k), ranking, f"{base.scheme}://{base.netloc}/")["hits"]
