@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 
@@ -26,6 +27,10 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _index(args: argparse.Namespace) -> int:
+    from search.index.shards import is_shards_dir
+
+    if str(args.out).startswith("milvus:") or is_shards_dir(args.source):
+        return _index_from_shards(args)
     from models import get_encoder
     from models.safety import as_safety_filter
     from search.engine import make_scorer
@@ -48,15 +53,91 @@ def _index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _index_from_shards(args: argparse.Namespace) -> int:
+    """`index SHARDS_DIR --out FAISS_DIR|milvus:...`, or `index SOURCE --out milvus:...` (embedded into shards
+    first, locally: --shards, default beside a Milvus Lite file or under the cache)."""
+    from search.index.shards import is_shards_dir, read_shards, write_faiss_index
+
+    shards_dir = Path(args.source)
+    if not is_shards_dir(shards_dir):  # images: embed them into shards first (only new or changed ones)
+        if args.safety == "on":
+            raise ValueError("--safety on is not supported when indexing into Milvus yet; build a FAISS index")
+        shards_dir = Path(args.shards) if args.shards else _default_shards_dir(args.out)
+        _run_embed(args.source, shards_dir, args.encoder, "local", args.scorer)
+    shards = read_shards(shards_dir)
+    if str(args.out).startswith("milvus:"):
+        from search.index.milvus_index import build_milvus
+
+        gallery, report = build_milvus(shards, args.out, args.index_type, rebuild=args.rebuild)
+        print(f"{args.out}: {len(gallery)} images · encoder {gallery.meta.fingerprint} · Milvus index "
+              f"{gallery.spec.index_type} · from {shards_dir}")
+        print(report.summary())
+        return 0
+    from search.index.faiss_index import IndexSpec
+
+    spec = IndexSpec(args.factory, args.params, args.rerank) if args.factory else None
+    index = write_faiss_index(shards, args.out, spec)
+    print(f"{args.out}: {len(index)} images · encoder {index.meta.fingerprint} · index {index.meta.factory} "
+          f"· from {shards_dir}")
+    return 0
+
+
+def _default_shards_dir(out: str) -> Path:
+    """Where `index SOURCE --out milvus:...` keeps its shards: PATH.shards/ beside a Milvus Lite PATH.db, else
+    a folder of the cache named after the collection."""
+    import hashlib
+
+    from search.config import CACHE_DIR
+    from search.index.milvus_index import MilvusTarget
+
+    target = MilvusTarget.parse(out)
+    if target.lite:
+        return Path(target.uri).with_suffix(".shards")
+    return CACHE_DIR / "shards" / hashlib.sha1(str(target).encode()).hexdigest()[:12]
+
+
+def _run_embed(source: str, out: Path, encoder: str, engine: str, scorer: str, **options: object) -> None:
+    from search.index.shards import embed_to_shards
+    from search.index.sources import read_source
+
+    items, skipped = read_source(source, extract_to=out / "files")
+    manifest, report = embed_to_shards(items, out, encoder, engine=engine, scorer=scorer, source=str(source),
+                                       skipped=skipped, **options)
+    print(f"{out}: {manifest.count} images in {len(manifest.shards)} shard(s) · encoder {manifest.fingerprint}")
+    print(report.summary())
+    for s in report.skipped:
+        print(f"  skipped {s}")
+
+
+def _embed(args: argparse.Namespace) -> int:
+    _run_embed(args.source, Path(args.out), args.encoder, args.engine, args.scorer,
+               **given(shard_size=args.shard_size, batch_size=args.batch_size, actors=args.actors,
+                       cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
+                       address=args.address))
+    return 0
+
+
 def _query(args: argparse.Namespace) -> int:
+    import json
+
     from search.engine import SearchEngine
     from search.index.images import load_image
     from search.types import Query
 
     engine = SearchEngine.open(args.index, args.encoder)
+    if args.filter:
+        if not hasattr(engine.gallery, "filtered"):
+            raise ValueError("--filter needs a Milvus index (milvus:PATH.db or milvus://HOST:PORT/COLLECTION)")
+        engine = replace(engine, gallery=engine.gallery.filtered(args.filter))
     query = Query(text=args.text, image=load_image(args.image) if args.image else None)
+    hits = engine.search(query, k=args.k)
+    if args.json:  # one object per hit, so scripts can compare backends
+        for hit in hits:
+            print(json.dumps({"rank": hit.rank, "id": hit.item.id, "score": round(hit.score, 6),
+                              "path": str(hit.item.path)}, ensure_ascii=False))
+        return 0
     print("rank  cosine  id   (cosine similarity to the query, -1 to 1)")
-    for hit in engine.search(query, k=args.k):
+    for hit in hits:
         print(f"{hit.rank:>4}  {hit.score:6.3f}  {hit.item.id}")
     return 0
 
@@ -176,8 +257,11 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("index", help="index a folder, manifest (.jsonl/.csv) or .zip of images into a directory")
     p.add_argument("source", help="folder (recursive), manifest with a path column, .zip, or a Hugging Face dataset: "
-                                  "hf://datasets/OWNER/NAME[:SPLIT] (or a local Parquet / save_to_disk copy)")
-    p.add_argument("--out", required=True, help="index directory (created; re-running updates it)")
+                                  "hf://datasets/OWNER/NAME[:SPLIT] (or a local Parquet / save_to_disk copy); or "
+                                  "a shards directory written by `embed`")
+    p.add_argument("--out", required=True, help="index directory (created; re-running updates it), or a Milvus "
+                                                "collection: milvus:PATH.db (Milvus Lite) or "
+                                                "milvus://HOST:PORT/COLLECTION")
     p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name (default {DEFAULT_ENCODER})")
     p.add_argument("--factory", help="FAISS index_factory string, e.g. Flat, HNSW32, 'PCAR256,IVF4096,PQ64x4fs' "
                                      "(default: chosen by gallery size)")
@@ -192,14 +276,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--safety", choices=["on", "off"], default="off",
                    help="nudity filter (pip install nudenet): flagged images are kept but never returned by a "
                         "search (default %(default)s; see docs/safety.md)")
+    p.add_argument("--index-type", choices=["FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW"],
+                   help="with --out milvus:...: the Milvus vector index (default: chosen by gallery size)")
+    p.add_argument("--shards", help="with --out milvus:... and a SOURCE of images: where their embedding shards "
+                                    "go (default: PATH.shards beside milvus:PATH.db)")
     p.set_defaults(func=_index)
 
+    p = sub.add_parser("embed", help="embed a gallery into Parquet shards (locally or on a Ray cluster), the input "
+                                     "of `index SHARDS_DIR --out ...`; re-runs write only missing shards")
+    p.add_argument("source", help="folder, manifest, .zip or hf://datasets/OWNER/NAME (as for `index`)")
+    p.add_argument("--out", required=True, help="shards directory (created; re-running finishes or updates it)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: in this process; ray: Ray Data actors, one model each (default %(default)s)")
+    p.add_argument("--address", help="with --engine ray: auto (the running cluster), ray://HOST:10001, or none "
+                                     "to start a local one (default)")
+    p.add_argument("--actors", type=int, help="with --engine ray: actors in the pool (default 2)")
+    p.add_argument("--cpus-per-actor", type=float, help="with --engine ray: CPUs (and torch threads) per actor "
+                                                        "(default 1)")
+    p.add_argument("--gpus-per-actor", type=float, help="with --engine ray: GPUs per actor (default 0)")
+    p.add_argument("--batch-size", type=int, help="images per model forward (default: the encoder's)")
+    p.add_argument("--shard-size", type=int, help="images per shard (default 1000)")
+    p.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder name (default {DEFAULT_ENCODER})")
+    p.add_argument("--scorer", default="auto",
+                   help="aesthetic scorer stored with each image: auto (fits the encoder), none, or a name")
+    p.set_defaults(func=_embed)
+
     p = sub.add_parser("query", help="search an index directory from the command line")
-    p.add_argument("index", help="index directory, or hf://datasets/OWNER/NAME (a published index, fetched once)")
+    p.add_argument("index", help="index directory, hf://datasets/OWNER/NAME (a published index, fetched once), "
+                                 "milvus:PATH.db or milvus://HOST:PORT/COLLECTION")
     p.add_argument("--text", help="text query")
     p.add_argument("--image", help="image query file")
     p.add_argument("-k", type=int, default=10, help="results (default %(default)s)")
     p.add_argument("--encoder", help="encoder (default: the one the index was built with)")
+    p.add_argument("--json", action="store_true", help="one JSON object per hit: rank, id, score, path")
+    p.add_argument("--filter", help="Milvus indexes: a filter expression over the images' fields, e.g. "
+                                    "'style == \"photo\" and aesthetic > 0' (fields: id, path, caption, label, "
+                                    "aesthetic, style, width, height, bytes)")
     p.set_defaults(func=_query)
 
     p = sub.add_parser("publish-index", help="upload an index directory to a Hugging Face dataset repo")

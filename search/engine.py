@@ -47,10 +47,20 @@ class SearchEngine:
     @classmethod
     def open(cls, index_dir: str | Path, encoder: str | Encoder | None = None,
              rephraser: str = DEFAULT_REPHRASER) -> SearchEngine:
-        """A built index directory, or hf://datasets/OWNER/NAME (a published one, fetched once: search/hub.py);
+        """A built index directory, hf://datasets/OWNER/NAME (a published one, fetched once: search/hub.py), or
+        a Milvus collection, milvus:PATH.db or milvus://HOST:PORT/COLLECTION (search/index/milvus_index.py);
         the encoder defaults to the one it was built with."""
         from search.index.hub import resolve_index
 
+        if isinstance(index_dir, str) and index_dir.startswith("milvus:"):
+            from search.index.gallery_index import check_encoder
+            from search.index.milvus_index import open_gallery
+
+            gallery = open_gallery(index_dir)
+            name = encoder or gallery.meta.encoder
+            enc = get_encoder(name) if isinstance(name, str) else name
+            check_encoder(gallery.meta, enc, index_dir)
+            return cls(enc, gallery, rephraser)
         index_dir = resolve_index(index_dir)
         meta = read_meta(index_dir)
         name = encoder or (meta.encoder if meta else "lite")
