@@ -38,7 +38,6 @@ if TYPE_CHECKING:
     from models.query_bank import QueryBank
     from models.safety import SafetyFilter
 
-from search.index import pixel_signature
 from search.index.faiss_index import IndexSpec, VectorIndex, auto_spec
 from search.index.images import iter_batches
 from search.types import GalleryItem, Hit, Skipped
@@ -366,17 +365,20 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
 
 
 def write_index(out: str | Path, encoder: Encoder, items: list[GalleryItem], vectors: np.ndarray,
-                spec: IndexSpec | None = None, source: str | None = None) -> GalleryIndex:
+                spec: IndexSpec | None = None, source: str | None = None,
+                thumbnails: Sequence[str | None] | None = None) -> GalleryIndex:
     """An index directory from vectors computed elsewhere (row i = items[i]), e.g. by a separate
-    inference stage; no images are decoded, so items carry no thumbnails unless a later run adds them."""
+    inference stage; no images are decoded, so items carry no thumbnails unless a later run adds them
+    (or `thumbnails` names each item's preview already under `out`, e.g. "thumbs/NAME.jpg")."""
     out = Path(out)
     if vectors.shape != (len(items), encoder.dim):
         raise ValueError(f"expected vectors of shape ({len(items)}, {encoder.dim}), got {vectors.shape}")
     out.mkdir(parents=True, exist_ok=True)
+    thumbnails = thumbnails or [None] * len(items)
     rows = [_item_row(it, identity(it.path), {"width": it.size[0] if it.size else None,
-                                             "height": it.size[1] if it.size else None, "thumbnail": None,
+                                             "height": it.size[1] if it.size else None, "thumbnail": thumb,
                                              "aesthetic": it.aesthetic}, out)
-            for it in items]
+            for it, thumb in zip(items, thumbnails)]
     return _commit(out, encoder, spec or auto_spec(len(items), encoder.dim), vectors, rows, [], source,
                    read_meta(out), None, None)
 
@@ -405,7 +407,7 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
             os.replace(tmp, thumb)
         info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix(),
                      "aesthetic": float(scorer.score_images([im])[0]) if scorer else None,
-                     "safety": _flag(safety, im), "pixels": pixel_signature.encode(pixel_signature.signature(im))}
+                     "safety": _flag(safety, im)}
 
     pending: list[tuple[str, np.ndarray, dict]] = []
     last = time.monotonic()
