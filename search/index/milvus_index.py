@@ -141,6 +141,16 @@ def connect(target: MilvusTarget):  # noqa: ANN201 (pymilvus is imported here on
     return MilvusClient(target.uri)
 
 
+def release(target: MilvusTarget, client=None) -> None:  # noqa: ANN001
+    """Close `client`; for Milvus Lite, stop the embedded server this process runs for the file."""
+    if client is not None:
+        client.close()
+    if target.lite:
+        from milvus_lite.server_manager import server_manager_instance
+
+        server_manager_instance.release_server(target.uri)
+
+
 def read_collection_meta(client, collection: str) -> dict | None:
     if not client.has_collection(collection):
         return None
@@ -232,6 +242,7 @@ def build_milvus(shards: ShardSet, target: MilvusTarget | str, index_type: str |
         spec = auto_milvus_spec(n, m.dim)
     if old is None:
         client.create_collection(name, schema=_schema(client, m.dim), index_params=_index_params(client, spec))
+    client.load_collection(name)  # a collection is released when its (Milvus Lite) server restarts
 
     report = MilvusReport()
     have = {r["key"]: r for r in _existing(client, name, ("key", "id", "path", "caption", "label"))}
@@ -323,16 +334,44 @@ class MilvusRows(Sequence[dict]):
 
 
 class MilvusVectors:
-    """`vectors[rows]` of a VectorIndex, read from the collection (a row of zeros where there is none)."""
+    """The `vectors` of a VectorIndex (row i = the vector of row i), read from the collection: `vectors[rows]`
+    fetches those rows (zeros where there is none); a whole-matrix use (`np.asarray(vectors)`, slices) reads
+    every vector once and keeps them (fine for a demo gallery; at scale only `vectors[rows]` is cheap)."""
 
     def __init__(self, client, collection: str, dim: int, size: int) -> None:
         self.client, self.collection, self.dim, self.size = client, collection, dim, size
+        self._all: np.ndarray | None = None
+        self.dtype = np.dtype(np.float32)
 
     def __len__(self) -> int:
         return self.size
 
-    def __getitem__(self, rows) -> np.ndarray:
-        rows = np.atleast_1d(np.asarray(rows, np.int64))
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.size, self.dim)
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:  # noqa: ANN001
+        out = self.all()
+        return out if dtype is None else out.astype(dtype)
+
+    def __getitem__(self, index) -> np.ndarray:  # noqa: ANN001
+        if isinstance(index, tuple):  # vectors[rows, cols]
+            first, rest = index[0], index[1:]
+            return self[first][(slice(None), *rest)] if not np.isscalar(first) else self[first][rest]
+        if isinstance(index, slice):
+            return self.all()[index]
+        if np.isscalar(index):
+            return self._rows(np.array([int(index)]))[0]
+        return self._rows(np.asarray(index, np.int64))
+
+    def _rows(self, rows: np.ndarray) -> np.ndarray:
+        rows = np.atleast_1d(rows)
+        if self._all is not None:
+            return self._all[rows]
         out = np.zeros((len(rows), self.dim), np.float32)
         wanted = sorted({int(r) for r in rows if r >= 0})
         found = {}
@@ -346,10 +385,12 @@ class MilvusVectors:
         return out
 
     def all(self) -> np.ndarray:
-        out = np.zeros((self.size, self.dim), np.float32)
-        for r in _existing(self.client, self.collection, ("vector",)):
-            out[int(r["row"])] = r["vector"]
-        return out
+        if self._all is None:
+            out = np.zeros((self.size, self.dim), np.float32)
+            for r in _existing(self.client, self.collection, ("vector",)):
+                out[int(r["row"])] = r["vector"]
+            self._all = out
+        return self._all
 
 
 class MilvusIndex:
@@ -445,6 +486,11 @@ class MilvusGallery(GalleryIndex):
             rows = [r for r, _ in scored]
             self._direction = aesthetic_direction(self.vectors(rows), np.array([s for _, s in scored]))
         return self._direction
+
+    def close(self) -> None:
+        """Disconnect; for Milvus Lite also stop this process's embedded server, which holds the file's lock
+        (one process at a time opens a Milvus Lite file: build, then serve)."""
+        release(self.target, self.client)
 
     def filtered(self, expression: str | None) -> MilvusGallery:
         """The same collection, every search narrowed by a Milvus filter expression (None: no filter)."""

@@ -1,0 +1,230 @@
+"""Past one machine (issue 20), with real engines and no mocks: a local Ray cluster (`ray.init(num_cpus=2)`)
+embeds into Parquet shards, Milvus Lite serves them.
+
+- shards from `--engine ray` equal those from `--engine local`;
+- a Milvus FLAT index returns the same top 10 as FAISS Flat;
+- filters run in the database; incremental re-runs add only new or changed images;
+- an embedding run killed midway is finished by the next run, which writes only the missing shards;
+- the app serving `--index milvus:...` answers a search through gradio_client.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import App
+from PIL import Image
+
+from search.index.faiss_index import IndexSpec, VectorIndex
+from search.index.milvus_index import MilvusTarget, build_milvus, open_gallery
+from search.index.shards import ShardManifest, ShardSet, embed_to_shards, read_shard, read_shards, write_faiss_index
+from search.index.sources import default_gallery, read_source
+
+N_IMAGES = 8
+SHARD_SIZE = 3
+
+
+def _copy_gallery(folder: Path, n: int = N_IMAGES) -> Path:
+    """The first `n` photos of the built-in gallery, shrunk (decoding is not what is tested), in a folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for item in default_gallery()[:n]:
+        im = Image.open(item.path).convert("RGB")
+        im.thumbnail((320, 320))
+        im.save(folder / f"{item.id.split('/')[-1]}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _copy_gallery(tmp_path_factory.mktemp("scale") / "photos")
+
+
+@pytest.fixture(scope="module")
+def local_shards(gallery: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("local-shards")
+    items, _ = read_source(gallery)
+    embed_to_shards(items, out, "lite", engine="local", shard_size=SHARD_SIZE, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_milvus_targets_parse() -> None:
+    lite = MilvusTarget.parse("milvus:some/dir/g.db")
+    assert lite.lite and lite.uri == str(Path("some/dir/g.db").resolve()) and lite.collection == "gallery"
+    server = MilvusTarget.parse("milvus://milvus.example:19530/photos")
+    assert not server.lite and (server.uri, server.collection) == ("http://milvus.example:19530", "photos")
+    for bad in ("milvus:g.sqlite", "milvus:///x", "faiss:dir"):
+        with pytest.raises(ValueError):
+            MilvusTarget.parse(bad)
+
+
+# ---------------------------------------------------------------- Ray Data = local
+def test_ray_shards_equal_local_shards(ray_cluster, gallery: Path, local_shards: Path, tmp_path: Path) -> None:
+    items, _ = read_source(gallery)
+    manifest, report = embed_to_shards(items, tmp_path, "lite", engine="ray", shard_size=SHARD_SIZE, actors=2,
+                                       progress=False)
+    local = ShardManifest.read(local_shards)
+    assert manifest.shards == local.shards and len(manifest.shards) == 3  # same plan, same names
+    assert report.embedded == N_IMAGES and len(report.written) == 3
+    for name in manifest.shards:
+        ray_rows, ray_vecs = read_shard(tmp_path / name)
+        loc_rows, loc_vecs = read_shard(local_shards / name)
+        np.testing.assert_allclose(ray_vecs, loc_vecs, atol=1e-5)  # another thread count: rounding only
+        for a, b in zip(ray_rows, loc_rows):
+            assert a.pop("aesthetic") == pytest.approx(b.pop("aesthetic"), abs=1e-4)
+            assert a == b
+    assert {p.name for p in (tmp_path / "thumbs").iterdir()} == {p.name for p in (local_shards / "thumbs").iterdir()}
+
+
+# ---------------------------------------------------------------- Milvus = FAISS
+def test_milvus_flat_returns_the_same_top10_as_faiss_flat(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n, dim = 3_000, 64
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = rng.standard_normal((20, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    rows = tuple({"id": f"v{i}", "path": f"/nowhere/{i}.jpg", "key": f"/nowhere/{i}.jpg|1|{i}", "caption": None,
+                  "label": None, "aesthetic": None, "style": None, "safety": None, "width": None, "height": None,
+                  "bytes": 1, "thumbnail": None} for i in range(n))
+    shards = ShardSet(tmp_path, ShardManifest("lite", "synthetic@0", dim, (), n), rows, vectors)
+    gallery, report = build_milvus(shards, f"milvus:{tmp_path / 'flat.db'}", "FLAT")
+    assert report.added == n and gallery.spec.index_type == "FLAT"
+    m_scores, m_rows = gallery.index.search(queries, 10)
+    f_scores, f_rows = VectorIndex.build(vectors, IndexSpec("Flat")).search(queries, 10)
+    assert (m_rows == f_rows).all()
+    np.testing.assert_allclose(m_scores, f_scores, atol=1e-5)
+    gallery.close()
+
+
+def test_milvus_and_faiss_built_from_the_same_shards_agree(local_shards: Path, tmp_path: Path) -> None:
+    from models import get_encoder
+
+    shards = read_shards(local_shards)
+    milvus, _ = build_milvus(shards, f"milvus:{tmp_path / 'g.db'}", "FLAT")
+    faiss_dir = write_faiss_index(shards, tmp_path / "faiss")
+    queries = get_encoder("lite").encode_texts(["a cat", "a cup of coffee", "a rocket", "the moon"])
+    for m_hits, f_hits in zip(milvus.search(queries, 5), faiss_dir.search(queries, 5)):
+        assert [h.item.id for h in m_hits] == [h.item.id for h in f_hits]
+        assert [h.score for h in m_hits] == pytest.approx([h.score for h in f_hits], abs=1e-5)
+    assert milvus.search(queries[:1], 1)[0][0].item.id == "chelsea.png"
+    milvus.close()
+
+
+# ---------------------------------------------------------------- filters
+def test_filters_run_in_the_database(local_shards: Path, tmp_path: Path) -> None:
+    from search.engine import SearchEngine
+    from search.types import Query
+
+    shards = read_shards(local_shards)
+    built, _ = build_milvus(shards, f"milvus:{tmp_path / 'f.db'}")
+    built.close()
+    scores = sorted(r["aesthetic"] for r in shards.rows)
+    cut = scores[len(scores) // 2]
+    engine = SearchEngine.open(f"milvus:{tmp_path / 'f.db'}")
+    everything = engine.search(Query("a photo"), k=N_IMAGES)
+    assert len(everything) == N_IMAGES
+    good = replace_gallery(engine, f"aesthetic > {cut}").search(Query("a photo"), k=N_IMAGES)
+    assert good and len(good) == sum(s > cut for s in scores)
+    assert all(h.item.aesthetic > cut for h in good)
+    styles = {r["style"] for r in shards.rows}
+    style = sorted(styles)[0]
+    only = replace_gallery(engine, f'style == "{style}"').search(Query("a photo"), k=N_IMAGES)
+    assert len(only) == sum(r["style"] == style for r in shards.rows)
+    assert all(h.item.extra["style"] == style for h in only)
+    none = replace_gallery(engine, 'id == "no such image"').search(Query("a photo"), k=N_IMAGES)
+    assert none == []
+    engine.gallery.close()
+
+
+def replace_gallery(engine, expression: str):  # noqa: ANN001, ANN201
+    from dataclasses import replace
+
+    return replace(engine, gallery=engine.gallery.filtered(expression))
+
+
+# ---------------------------------------------------------------- incremental
+def test_rerun_adds_only_new_or_changed_images(tmp_path: Path) -> None:
+    photos = _copy_gallery(tmp_path / "photos", 6)
+    shards_dir, db = tmp_path / "shards", f"milvus:{tmp_path / 'inc.db'}"
+
+    def run():
+        items, _ = read_source(photos)
+        _, report = embed_to_shards(items, shards_dir, "lite", shard_size=SHARD_SIZE, scorer="none", progress=False)
+        gallery, mreport = build_milvus(read_shards(shards_dir), db)
+        gallery.close()
+        return report, mreport
+
+    first, m1 = run()
+    assert first.embedded == 6 and m1.added == 6
+    again, m2 = run()  # nothing changed: nothing embedded, nothing written
+    assert (again.embedded, len(again.written), again.kept) == (0, 0, 2)
+    assert (m2.added, m2.kept, m2.removed) == (0, 6, 0)
+    # one image changed (new bytes), one added: the two alone go through the model
+    changed = sorted(photos.iterdir())[1]
+    Image.open(changed).rotate(90).save(changed)
+    Image.open(sorted(photos.iterdir())[0]).transpose(Image.FLIP_LEFT_RIGHT).save(photos / "zz-new.png")
+    third, m3 = run()
+    assert (third.embedded, third.copied, third.kept, third.removed) == (2, 2, 1, 1)
+    assert (m3.added, m3.kept, m3.removed, m3.count) == (2, 5, 1, 7)
+    gallery = open_gallery(db)
+    assert len(gallery) == 7 and gallery.row_of("zz-new.png") is not None
+    gallery.close()
+
+
+# ---------------------------------------------------------------- killed and resumed
+def test_a_killed_embedding_run_is_finished_by_the_next(gallery: Path, tmp_path: Path) -> None:
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "search", "embed", str(gallery), "--out", str(out), "--shard-size", "2",
+           "--scorer", "none"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("shard-*.parquet")):
+        assert proc.poll() is None, "the run ended before writing a shard"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # no clean-up of any kind
+    proc.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*.parquet")}
+    assert 1 <= len(before) < N_IMAGES // 2 and not (out / "shards.json").exists()
+    items, _ = read_source(gallery)
+    manifest, report = embed_to_shards(items, out, "lite", shard_size=2, scorer="none", progress=False)
+    assert report.kept == len(before) and len(report.written) == len(manifest.shards) - len(before)
+    assert set(report.written).isdisjoint(before)
+    assert report.embedded == N_IMAGES - 2 * len(before)
+    assert {n: (out / n).stat().st_mtime_ns for n in before} == before  # finished shards left alone
+    assert not list(out.glob("*.tmp"))  # a half-written file never counts as a shard
+    assert len(read_shards(out).rows) == N_IMAGES
+
+
+# ---------------------------------------------------------------- the app
+@pytest.mark.slow
+def test_app_serving_a_milvus_index_answers_a_search(local_shards: Path, tmp_path: Path) -> None:
+    from gradio_client import Client
+
+    db = f"milvus:{tmp_path / 'app.db'}"
+    built, _ = build_milvus(read_shards(local_shards), db)
+    built.close()  # Milvus Lite: one process at a time opens a file
+    thumb_ids = {Path(r["thumbnail"]).name: r["id"] for r in read_shards(local_shards).rows}
+    with App(tmp_path, "--index", db) as app:
+        c = Client(app.url, verbose=False, download_files=False)
+        a, b, info, _ = c.predict("a cat", None, None, k=3, api_name="/search")
+    assert len(a) == len(b) == 3
+    firsts = [thumb_ids[Path(side[0]["image"]["path"]).name] for side in (a, b)]
+    assert "chelsea.png" in firsts, json.dumps(a)[:500]
