@@ -37,7 +37,7 @@ class ShardWriter:
     """A Ray Data actor: one encoder (and scorer) for its lifetime; a batch of shard tasks -> their counts."""
 
     def __init__(self, out: str, encoder: str, scorer: str | None, stale: Sequence[str], cpus: float,
-                 batch_size: int | None) -> None:
+                 batch_size: int | None, style: bool = True) -> None:
         import torch
 
         from models import get_encoder
@@ -48,8 +48,8 @@ class ShardWriter:
         self.out = Path(out)
         self.encoder = get_encoder(encoder)
         self.scorer = make_scorer(scorer, self.encoder)
-        self.known = OldVectors(self.out, stale, run_id(self.encoder, self.scorer))
-        self.batch_size = batch_size
+        self.known = OldVectors(self.out, stale, run_id(self.encoder, self.scorer, style))
+        self.batch_size, self.style = batch_size, style
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from search.index.shards import embed_shard
@@ -57,7 +57,8 @@ class ShardWriter:
         names, new, old = [], [], []
         for text in batch["task"]:
             task = ShardTask.from_json(str(text))
-            n_new, n_old, _ = embed_shard(task, self.out, self.encoder, self.scorer, self.known, self.batch_size)
+            n_new, n_old, _ = embed_shard(task, self.out, self.encoder, self.scorer, self.known, self.batch_size,
+                                          self.style)
             names.append(task.name)
             new.append(n_new)
             old.append(n_old)
@@ -77,7 +78,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def embed_with_ray(tasks: Sequence[ShardTask], out: Path, encoder: str, scorer: str | None, stale: Sequence[str],
-                   opts: RayOptions) -> Iterator[tuple[str, int, int]]:
+                   opts: RayOptions, style: bool = True) -> Iterator[tuple[str, int, int]]:
     """Write `tasks`' shards under `out` on the cluster; yields (shard name, embedded, copied) as they finish."""
     import ray
 
@@ -90,7 +91,8 @@ def embed_with_ray(tasks: Sequence[ShardTask], out: Path, encoder: str, scorer: 
         batch_size=1,                      # one shard per call: a shard is the unit of work and of resumption
         compute=ray.data.ActorPoolStrategy(size=max(1, min(opts.actors, len(tasks)))),
         fn_constructor_kwargs={"out": str(Path(out).resolve()), "encoder": encoder, "scorer": scorer,
-                               "stale": list(stale), "cpus": opts.cpus_per_actor, "batch_size": opts.batch_size},
+                               "stale": list(stale), "cpus": opts.cpus_per_actor, "batch_size": opts.batch_size,
+                               "style": style},
         num_cpus=opts.cpus_per_actor,
         num_gpus=opts.gpus_per_actor or None,
     )

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "shards.json"
-SHARD_SIZE = 1_000        # images per shard: ~8 MB of lite vectors, a minute of one CPU core
+SHARD_SIZE = 1_024        # images per shard (a multiple of the batch size): ~8 MB of lite vectors
 THUMB_SIZE = 256
 # (name, meaning): the columns of every shard, in this order
 SHARD_COLUMNS = (
@@ -158,9 +158,9 @@ def plan_shards(items: Sequence[GalleryItem], run_id: str, shard_size: int = SHA
     return tasks, skipped
 
 
-def run_id(encoder: Encoder, scorer: AestheticScorer | None) -> str:
-    """What a shard's vectors and scores depend on."""
-    return encoder.fingerprint + (f"+{scorer.fingerprint}" if scorer else "")
+def run_id(encoder: Encoder, scorer: AestheticScorer | None, style: bool = True) -> str:
+    """What a shard's vectors, scores and styles depend on."""
+    return encoder.fingerprint + (f"+{scorer.fingerprint}" if scorer else "") + ("" if style else "+nostyle")
 
 
 # ---------------------------------------------------------------- one shard
@@ -207,9 +207,10 @@ def read_shard(path: Path) -> tuple[list[dict], np.ndarray]:
 
 def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticScorer | None,
                 known: Callable[[str], tuple[dict, np.ndarray] | None] = lambda key: None,
-                batch_size: int | None = None) -> tuple[int, int, list[Skipped]]:
+                batch_size: int | None = None, style: bool = True) -> tuple[int, int, list[Skipped]]:
     """Write shard `task` under `out`: images `known` (key -> row, vector from an older shard) are copied, the
-    others embedded (decoded in threads, thumbnails written, scored). -> (embedded, copied, skipped)."""
+    others embedded (decoded in threads, thumbnails written, scored; with `style`, their style detected, which
+    costs a style-aware encoder ~45 % more time). -> (embedded, copied, skipped)."""
     from search.index.images import iter_batches
 
     thumbs = out / "thumbs"
@@ -242,7 +243,7 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
                                             on_image=on_image):
         if got:
             vecs = encoder.encode_image_tensors(pixels)
-            styles = _styles(encoder.style_probs(pixels), len(got))
+            styles = _styles(encoder.style_probs(pixels) if style else None, len(got))
             for i, v, style in zip(got, vecs, styles):
                 it = task.items[todo[i]]
                 found[todo[i]] = ({**it, **info.pop(i), "style": style, "safety": None,
@@ -253,7 +254,8 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
     dim = encoder.dim
     vectors = np.stack([found[p][1] for p in order]) if order else np.zeros((0, dim), np.float32)
     meta = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "dim": dim,
-            "scorer": scorer.fingerprint if scorer else None, "skipped": [asdict(s) for s in skipped]}
+            "scorer": scorer.fingerprint if scorer else None, "style": style,
+            "skipped": [asdict(s) for s in skipped]}
     write_shard(out / task.name, rows, vectors, meta)
     return len(found) - copied, copied, skipped
 
@@ -301,7 +303,8 @@ def _shard_run(path: Path) -> str:
     import pyarrow.parquet as pq
 
     meta = json.loads(pq.read_schema(path).metadata.get(b"visual_search", b"{}"))
-    return meta.get("fingerprint", "") + (f"+{meta['scorer']}" if meta.get("scorer") else "")
+    return meta.get("fingerprint", "") + (f"+{meta['scorer']}" if meta.get("scorer") else "") + (
+        "" if meta.get("style", True) else "+nostyle")
 
 
 # ---------------------------------------------------------------- a run
@@ -309,12 +312,14 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
                     engine: str = "local", scorer: str | None = "auto", shard_size: int = SHARD_SIZE,
                     batch_size: int | None = None, actors: int = 2, cpus_per_actor: float = 1.0,
                     gpus_per_actor: float = 0.0, address: str | None = None, source: str | None = None,
-                    skipped: Sequence[Skipped] = (), progress: bool = True) -> tuple[ShardManifest, EmbedReport]:
+                    skipped: Sequence[Skipped] = (), progress: bool = True,
+                    style: bool = True) -> tuple[ShardManifest, EmbedReport]:
     """Embed `items` into Parquet shards under `out`, writing only the shards that are missing.
 
     `engine` "local" embeds in this process; "ray" runs the missing shards on a Ray cluster (`address`: None
     starts a local one, "auto" joins the running one, "ray://HOST:PORT" a remote one), `actors` actors each
-    holding one model (`cpus_per_actor`, `gpus_per_actor` each). Both write the same files."""
+    holding one model (`cpus_per_actor`, `gpus_per_actor` each). Both write the same files. `style` False
+    leaves the style column empty (the single-process indexer does not detect styles either)."""
     from models import get_encoder
     from search.engine import make_scorer
 
@@ -323,7 +328,7 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
     out.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(encoder)
     sc = make_scorer(scorer, enc)
-    run = run_id(enc, sc)
+    run = run_id(enc, sc, style)
     tasks, missing_files = plan_shards(items, run, shard_size)
     report = EmbedReport(skipped=[*skipped, *missing_files])
     names = {t.name for t in tasks}
@@ -338,7 +343,7 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
             from tqdm import tqdm
 
             for t in tqdm(todo, desc="shards", unit="shard", disable=not progress):
-                n_new, n_old, _ = embed_shard(t, out, enc, sc, known, batch_size)
+                n_new, n_old, _ = embed_shard(t, out, enc, sc, known, batch_size, style)
                 report.embedded += n_new
                 report.copied += n_old
                 report.written.append(t.name)
@@ -347,7 +352,7 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
 
             opts = RayOptions(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                               batch_size=batch_size, address=address)
-            for name, n_new, n_old in embed_with_ray(todo, out, encoder, scorer, stale, opts):
+            for name, n_new, n_old in embed_with_ray(todo, out, encoder, scorer, stale, opts, style):
                 report.embedded += n_new
                 report.copied += n_old
                 report.written.append(name)
