@@ -16,7 +16,7 @@ from search.config import CACHE_DIR, DEFAULT_REPHRASER
 from search.index.gallery_index import BuildReport, GalleryIndex, build_index, read_meta
 from search.index.sources import read_source
 from search.pipeline import EncodedQuery, TextVectors, encode_query, rank_query
-from search.rankings import RankSettings
+from search.rankings import RankSettings, blend_rephrasing, rephrase_weight
 from search.types import GalleryItem, Hit, Query, Skipped
 
 if TYPE_CHECKING:
@@ -127,7 +127,8 @@ class SearchEngine:
         rank = functools.partial(rank_query, encoded=encoded, query=query, gallery=self.gallery, settings=settings,
                                  bank=self.encoder.query_bank)
         baseline_hits = rank("baseline", encoded.vectors[0])
-        aligned_hits = rank("aligned", encoded.vectors[-1])
+        aligned_hits = rank("aligned", blend_rephrasing(encoded.vectors[0], encoded.vectors[-1],
+                                                        rephrase_weight(self.gallery, settings)))
         return Comparison(query, encoded.style, rephrasing, tuple(baseline_hits), tuple(aligned_hits),
                           time.perf_counter() - t0)
 

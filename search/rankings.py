@@ -5,10 +5,11 @@
   relevance are re-scored by relevance + lambda * margin * aesthetic percentile (the image's rank among the
   gallery's aesthetic scores, 0..1), so a candidate can pass a more relevant one only if their relevance
   differs by less than lambda * margin (a per-encoder constant chosen on train data, `CALIBRATIONS`).
-  Near-duplicates (cosine >= the encoder's calibrated threshold: versions of one picture) are collapsed to
-  their best-looking version, which takes the group's place. Then the rest of the gallery in baseline order
-  so a full ranking stays complete. Its query text is rephrased by the engine before encoding
-  (see search/rephrase.py). Method and dev/test figures: docs/aligned_ranking.md.
+  Near-duplicates (versions of one picture: cosine >= the encoder's calibrated threshold, or pixel signatures
+  alike, search/index/pixel_signature.py) are collapsed to their best-looking version, which takes the
+  group's place. Then the rest of the gallery in baseline order so a full ranking stays complete. Its query
+  text is rephrased by the engine before encoding (see search/rephrase.py). Method and figures:
+  docs/aligned_ranking.md.
 * `shift`: clip-retrieval's "aesthetic query shift": the query vector moved toward the direction of
   beautiful images (here, of the gallery's best-scored images), then plain kNN.
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from search.index.gallery_index import GalleryIndex
+from search.index.pixel_signature import DUPLICATE_THRESHOLD, signatures
 from search.types import Hit
 
 
@@ -32,15 +34,17 @@ class Calibration:
 
     margin: float            # relevance (cosine) margin at aesthetic_weight 1: aesthetics never bridge a wider gap
     dedup_threshold: float   # cosine at which two gallery images are versions of one photo
+    rephrase_weight: float = 1.0  # the aligned side's text vector: (1 - w) * as typed + w * rephrased
 
 
 # `lite`: margin by the dev rule (the largest whose R@1 stays within 0.02 and R@10 within 0.01 of the baseline on
 # the plain dev benchmarks, ImageNet / Sketchy train classes): 0, since lite's relevance near the top is too
 # compressed for any margin to be free (sketchy-dev R@1 0.850 -> 0.811 at 0.01), so aesthetics act through the
 # near-duplicate collapse only; threshold: 1 % of train photos have a distinct photo that close
-# (docs/aligned_ranking.md, benchmarks/aligned_dev.py)
+# (docs/aligned_ranking.md, benchmarks/aligned_dev.py); rephrase weight: the largest of 0, 0.5, 1 whose dev R@1 and
+# R@10 stay within half those limits (the template's added words cost sketchy-dev R@1 0.015 at weight 1)
 CALIBRATIONS: dict[str, Calibration] = {
-    "lite": Calibration(margin=0.0, dedup_threshold=0.78),
+    "lite": Calibration(margin=0.0, dedup_threshold=0.78, rephrase_weight=0.5),
 }
 DEFAULT_CALIBRATION = Calibration(margin=0.06, dedup_threshold=0.94)  # 0.94: clip-retrieval's CLIP threshold
 
@@ -54,6 +58,7 @@ class RankSettings:
     dedup: bool = True                # near-duplicates: the best-looking version takes the group's first place
     dedup_threshold: float | None = None  # cosine at which two gallery images are near-duplicates (None: calibrated)
     margin: float | None = None       # relevance margin at lambda 1, in cosine (None: the encoder's calibrated one)
+    rephrase_weight: float | None = None  # weight of the rephrased text (None: the encoder's calibrated one)
     shift: float = 0.3                # `shift` ranking: step toward the aesthetic direction
     expand: int = 5                   # image queries: alpha-QE over this many top gallery vectors (0: off)
     expand_alpha: float = 3.0         # their weight is similarity ** alpha
@@ -115,11 +120,15 @@ def margin_order(relevance: np.ndarray, quality: np.ndarray, margin: float) -> t
     return np.argsort(-combined, kind="stable"), combined
 
 
-def collapse_order(vectors: np.ndarray, quality: np.ndarray, threshold: float) -> np.ndarray:
+def collapse_order(vectors: np.ndarray, quality: np.ndarray, threshold: float, pixels: np.ndarray | None = None,
+                   pixel_threshold: float = DUPLICATE_THRESHOLD) -> np.ndarray:
     """Positions of candidates (rows of `vectors`, best first) after collapsing near-duplicates: see
-    `collapse_near_duplicates`."""
+    `collapse_near_duplicates`. With `pixels` (their pixel signatures, search/index/pixel_signature.py), two
+    candidates are also near-duplicates when their signatures are `pixel_threshold` close."""
     n = len(vectors)
     close = (vectors @ vectors.T) >= threshold
+    if pixels is not None:
+        close |= (pixels @ pixels.T) >= pixel_threshold
     quality = np.asarray(quality, np.float64)
     grouped = np.zeros(n, bool)
     kept: list[int] = []
@@ -146,20 +155,32 @@ def margin_rescore(hits: Sequence[Hit], quality: Sequence[float], margin: float)
 
 
 def collapse_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, quality: Sequence[float],
-                             threshold: float) -> list[Hit]:
-    """Near-duplicates (cosine >= `threshold`) are versions of one picture: in order, each hit not yet grouped
+                             threshold: float, pixels: np.ndarray | None = None) -> list[Hit]:
+    """Near-duplicates (cosine >= `threshold`, or pixel signatures `DUPLICATE_THRESHOLD` close when `pixels`
+    are given) are versions of one picture: in order, each hit not yet grouped
     opens a group with every later ungrouped hit that close to it; the group's best-looking version (highest
     `quality`; the earliest on ties) takes the group's place and the others go to the end (a top-k shows one
     version of each picture, the best one, and a full ranking loses nothing)."""
     if len(hits) == 0:
         return []
-    return renumber([hits[i] for i in collapse_order(vectors, np.asarray(quality), threshold)])
+    return renumber([hits[i] for i in collapse_order(vectors, np.asarray(quality), threshold, pixels)])
 
 
 def demote_near_duplicates(hits: Sequence[Hit], vectors: np.ndarray, threshold: float = 0.94) -> list[Hit]:
     """Keep order, but move every hit within `threshold` cosine of a better-ranked kept hit to the end
     (`collapse_near_duplicates` with no aesthetic preference)."""
     return collapse_near_duplicates(hits, vectors, np.zeros(len(hits)), threshold)
+
+
+def blend_rephrasing(typed: np.ndarray, rephrased: np.ndarray, weight: float) -> np.ndarray:
+    """The aligned side's text vector(s): the rephrased text's, weighted against the text as typed (the
+    visitor's own words keep a share, so expectations added by a rephraser cannot replace the subject)."""
+    v = (1 - weight) * typed + weight * rephrased
+    return (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def rephrase_weight(gallery: GalleryIndex, settings: RankSettings) -> float:
+    return calibration(gallery).rephrase_weight if settings.rephrase_weight is None else settings.rephrase_weight
 
 
 def shift_query(query_vecs: np.ndarray, direction: np.ndarray, step: float) -> np.ndarray:
@@ -181,6 +202,7 @@ def calibration(gallery: GalleryIndex) -> Calibration:
 
 
 _PERCENTILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_PIXELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def aesthetic_percentiles(gallery: GalleryIndex) -> np.ndarray:
@@ -191,6 +213,17 @@ def aesthetic_percentiles(gallery: GalleryIndex) -> np.ndarray:
         out = percentiles([r.get("aesthetic") for r in base.rows])
         _PERCENTILES[base] = out
     return out
+
+
+def pixel_signatures(gallery: GalleryIndex, rows: Sequence[int]) -> np.ndarray:
+    """(len(rows), 256) pixel signatures of gallery rows, each read (or, for an older index, made from its
+    thumbnail) once per gallery."""
+    base = getattr(gallery, "gallery", gallery)
+    known = _PIXELS.setdefault(base, {})
+    missing = [r for r in dict.fromkeys(rows) if r not in known]
+    if missing:
+        known.update(zip(missing, signatures([base.rows[r] for r in missing], base.root)))
+    return np.stack([known[r] for r in rows]) if len(rows) else np.zeros((0, 256), np.float32)
 
 
 def aligned(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSettings) -> list[list[Hit]]:
@@ -207,7 +240,9 @@ def aligned(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSetting
         head = min(settings.candidates, len(rows))
         order, combined = margin_order(rel[:head], quality[rows[:head]], margin)
         if settings.dedup and head:
-            order = order[collapse_order(gallery.vectors(rows[order].tolist()), quality[rows[order]], threshold)]
+            ordered = rows[order].tolist()
+            order = order[collapse_order(gallery.vectors(ordered), quality[ordered], threshold,
+                                         pixel_signatures(gallery, ordered))]
         ranked = [Hit(item(int(i)), float(combined[i]), n, int(rows[i]), float(rel[i]))
                   for n, i in enumerate(order[: settings.k].tolist(), start=1)]
         ranked += [Hit(item(i), float(rel[i]), n, int(rows[i]), float(rel[i]))

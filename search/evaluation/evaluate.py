@@ -22,7 +22,7 @@ from search.index.gallery_index import GalleryIndex, build_index
 from search.index.images import load_image
 from search.layout import is_lowres
 from search.pipeline import rank_queries
-from search.rankings import RankSettings, get_ranking
+from search.rankings import RankSettings, blend_rephrasing, get_ranking, rephrase_weight
 from search.types import Hit, Skipped
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
 
             r = create_rephraser(rephraser)
             qvecs = qvecs.copy()
-            qvecs[texts] = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
+            rephrased = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
+            qvecs[texts] = blend_rephrasing(qvecs[texts], rephrased, rephrase_weight(gallery_index, settings))
         other = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, ranking, settings, style)
         other.baseline = result
         return other

@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from models.query_bank import QueryBank
     from models.safety import SafetyFilter
 
+from search.index import pixel_signature
 from search.index.faiss_index import IndexSpec, VectorIndex, auto_spec
 from search.index.images import iter_batches
 from search.types import GalleryItem, Hit, Skipped
@@ -407,7 +408,7 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
             os.replace(tmp, thumb)
         info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix(),
                      "aesthetic": float(scorer.score_images([im])[0]) if scorer else None,
-                     "safety": _flag(safety, im)}
+                     "safety": _flag(safety, im), "pixels": pixel_signature.encode(pixel_signature.signature(im))}
 
     pending: list[tuple[str, np.ndarray, dict]] = []
     last = time.monotonic()
