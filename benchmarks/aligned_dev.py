@@ -2,6 +2,7 @@
 
     python benchmarks/aligned_dev.py make /tmp/aligned-dev [--data ../shared/data]
     python benchmarks/aligned_dev.py dedup /tmp/aligned-dev            # the near-duplicate threshold
+    python benchmarks/aligned_dev.py pixels [--data ../shared/data]     # the pixel-signature threshold
     python benchmarks/aligned_dev.py sweep /tmp/aligned-dev [--csv OUT] # baseline vs aligned per setting
 
 `make` writes four benchmark folders in the shared format from `train` items only:
@@ -138,6 +139,40 @@ def dedup_threshold(out: Path, share: float = 0.01) -> None:
           f"share >= {t:.3f}: {np.mean(copies >= t):.3f}, >= 0.94: {np.mean(copies >= 0.94):.3f}")
 
 
+def pixel_threshold(data: Path, n: int = 600, share: float = 0.01, seed: int = 0) -> None:
+    """The pixel-signature threshold (search/index/pixel_signature.py): `n` ImageNet and Sketchy train photos,
+    each with one copy made by a training degradation (saved as JPEG 95, as degraded_gallery.py does); the
+    threshold at which `share` of the photos have a distinct photo that close, and the copies it catches."""
+    import io
+
+    from PIL import Image
+
+    from search.index.pixel_signature import signature
+    from search.training.degradations import TRAIN_DEGRADATIONS
+
+    paths = [data / ds / r["path"] for ds in ("imagenet", "sketchy") for r in _items(data, ds)]
+    paths = [paths[i] for i in np.random.default_rng(seed).permutation(len(paths))[:n]]
+    originals, copies, kinds = [], [], []
+    for i, path in enumerate(paths):
+        im = Image.open(path).convert("RGB")
+        d = TRAIN_DEGRADATIONS[i % len(TRAIN_DEGRADATIONS)]
+        buf = io.BytesIO()
+        d(im, seed=i).save(buf, "JPEG", quality=95)
+        originals.append(signature(im))
+        copies.append(signature(Image.open(buf)))
+        kinds.append(d.id)
+    o, c = np.array(originals), np.array(copies)
+    sims = o @ o.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.max(1)
+    t = float(np.quantile(nearest, 1 - share))
+    own = (o * c).sum(1)
+    print(f"{len(paths)} train photos: nearest distinct signature median {np.median(nearest):.3f}, "
+          f"{100 * (1 - share):g}th percentile {t:.3f}; copies caught: {np.mean(own >= t):.3f}")
+    missed = {k: round(float(np.mean(own[np.array(kinds) == k] >= t)), 2) for k in dict.fromkeys(kinds)}
+    print("caught per type, where below 1:", {k: v for k, v in missed.items() if v < 1})
+
+
 R1_SLACK, R10_SLACK = 0.02, 0.01   # the acceptance limits of issue 17, applied on dev
 
 
@@ -243,6 +278,8 @@ def main() -> None:
     p.add_argument("--data", default=str(PROJECT_ROOT.parent / "shared" / "data"))
     p = sub.add_parser("dedup")
     p.add_argument("out")
+    p = sub.add_parser("pixels")
+    p.add_argument("--data", default=str(PROJECT_ROOT.parent / "shared" / "data"))
     p = sub.add_parser("rescore")
     p.add_argument("index_dirs", nargs="+")
     p = sub.add_parser("sweep")
@@ -259,6 +296,8 @@ def main() -> None:
         make(Path(args.out), Path(args.data))
     elif args.cmd == "rescore":
         rescore([Path(d) for d in args.index_dirs])
+    elif args.cmd == "pixels":
+        pixel_threshold(Path(args.data))
     elif args.cmd == "dedup":
         dedup_threshold(Path(args.out))
     else:
