@@ -24,7 +24,7 @@ from PIL import Image
 
 from search.index.faiss_index import IndexSpec, VectorIndex
 from search.index.milvus_index import MilvusTarget, build_milvus, open_gallery
-from search.index.shards import ShardManifest, ShardSet, embed_to_shards, read_shard, read_shards, write_faiss_index
+from search.index.shards import ShardManifest, ShardSet, embed_to_shards, read_shard, read_shards
 from search.index.sources import default_gallery, read_source
 
 N_IMAGES = 8
@@ -112,18 +112,27 @@ def test_milvus_flat_returns_the_same_top10_as_faiss_flat(tmp_path: Path) -> Non
     gallery.close()
 
 
-def test_milvus_and_faiss_built_from_the_same_shards_agree(local_shards: Path, tmp_path: Path) -> None:
-    from models import get_encoder
+def test_milvus_and_faiss_built_from_the_same_shards_agree(local_shards: Path, tmp_path: Path, capsys) -> None:
+    """Through the command line: `index SHARDS_DIR --out` both backends, then `query --json` both."""
+    from search.cli import main
 
-    shards = read_shards(local_shards)
-    milvus, _ = build_milvus(shards, f"milvus:{tmp_path / 'g.db'}", "FLAT")
-    faiss_dir = write_faiss_index(shards, tmp_path / "faiss")
-    queries = get_encoder("lite").encode_texts(["a cat", "a cup of coffee", "a rocket", "the moon"])
-    for m_hits, f_hits in zip(milvus.search(queries, 5), faiss_dir.search(queries, 5)):
-        assert [h.item.id for h in m_hits] == [h.item.id for h in f_hits]
-        assert [h.score for h in m_hits] == pytest.approx([h.score for h in f_hits], abs=1e-5)
-    assert milvus.search(queries[:1], 1)[0][0].item.id == "chelsea.png"
-    milvus.close()
+    db, faiss_dir = f"milvus:{tmp_path / 'g.db'}", str(tmp_path / "faiss")
+    assert main(["index", str(local_shards), "--out", db, "--index-type", "FLAT"]) == 0
+    assert main(["index", str(local_shards), "--out", faiss_dir]) == 0
+    capsys.readouterr()
+    for text in ("a cat", "a cup of coffee", "a rocket launch"):
+        hits = {}
+        for index in (db, faiss_dir):
+            assert main(["query", index, "--text", text, "--json", "-k", "5"]) == 0
+            hits[index] = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+        m, f = hits[db], hits[faiss_dir]
+        assert len(m) == 5 and [h["id"] for h in m] == [h["id"] for h in f]
+        assert [h["score"] for h in m] == pytest.approx([h["score"] for h in f], abs=1e-5)
+        assert [h["path"] for h in m] == [h["path"] for h in f]
+    assert hits[db][0]["id"] == "rocket.png"
+    # the FAISS directory built from shards carries their thumbnails
+    rows = [json.loads(line) for line in next(Path(faiss_dir).glob("snapshot-*/items.jsonl")).read_text().splitlines()]
+    assert all((Path(faiss_dir) / r["thumbnail"]).is_file() for r in rows)
 
 
 # ---------------------------------------------------------------- filters
