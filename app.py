@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="public-demo defaults: the safety filter on (default on a Hugging Face Space, where SPACE_ID is set)")
     add("--safety", choices=["auto", "on", "off"], default="auto",
         help="refuse unsafe query images and hide unsafe gallery images (NudeNet); auto: on with --public")
+    add("--arena", metavar="SYSTEMS", default=os.environ.get("VISUAL_SEARCH_ARENA"),
+        help="blind votes between any two of these systems, ENCODER:RANKING[:KEY=VALUE...] comma-separated, e.g. "
+             "lite:baseline,lite:aligned,lite-aligned:baseline (default: baseline vs aligned; env VISUAL_SEARCH_ARENA)")
     add("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     if args.gallery and args.index:
@@ -62,6 +65,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.encoder = args.encoder or config.DEFAULT_ENCODER
     if args.top_k < 1 or args.concurrency < 1:
         parser.error("--top-k and --concurrency must be >= 1")
+    args.systems = None
+    if args.arena:
+        from search.votes.arena import parse_arena
+
+        try:
+            args.systems = parse_arena(args.arena)
+        except ValueError as e:
+            parser.error(f"--arena: {e}")
+        encoders = list(dict.fromkeys(s.encoder for s in args.systems))
+        if args.index and len(encoders) > 1:  # an index holds one encoder's vectors; a gallery can be re-indexed
+            parser.error(f"--arena names {len(encoders)} encoders ({', '.join(encoders)}): serve a --gallery (or the "
+                         "built-in photos), which each encoder indexes, not one --index")
+        args.encoder = args.encoder or encoders[0]
     return args
 
 
@@ -80,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
     from search.examples import ASSETS_DIR, load_examples
     from search.index.sources import default_gallery
     from search.limits import RateLimiter
+    from search.votes.arena import engines_for
     from search.votes.store import VoteStore, check_writable
     from ui import BRUSH_READY, CSS, Limits, build_tools, build_ui
     gc.freeze()
@@ -88,14 +105,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         check_writable(args.data_dir)  # an unwritable --data-dir stops the app before the slow part
         safety = load_safety_filter() if args.safety == "on" or (args.safety == "auto" and args.public) else None
-        if args.index:
-            engine = SearchEngine.open(args.index, args.encoder, rephraser=args.rephraser)
-        elif args.gallery:
-            engine, _ = SearchEngine.from_source(args.gallery, args.encoder, args.cache_dir, safety=safety,
-                                                 rephraser=args.rephraser)
-        else:
-            engine, _ = SearchEngine.build(default_gallery(), args.encoder, name="default-gallery",
-                                           cache_dir=args.cache_dir, safety=safety, rephraser=args.rephraser)
+        def open_engine(encoder: str | None) -> SearchEngine:
+            if args.index:
+                return SearchEngine.open(args.index, encoder, rephraser=args.rephraser)
+            if args.gallery:
+                return SearchEngine.from_source(args.gallery, encoder, args.cache_dir, safety=safety,
+                                                rephraser=args.rephraser)[0]
+            return SearchEngine.build(default_gallery(), encoder, name="default-gallery", cache_dir=args.cache_dir,
+                                      safety=safety, rephraser=args.rephraser)[0]
+
+        engine = open_engine(args.encoder)
+        # the arena: one engine per encoder it names (the first is the one above: REST, MCP, "more like this")
+        engines = engines_for(args.systems, lambda name: engine if name == engine.encoder.name else open_engine(name)) \
+            if args.systems else {engine.encoder.name: engine}
         store = VoteStore(args.data_dir, hub_repo=args.hub_repo, images_quota_bytes=config.VOTE_IMAGES_QUOTA_BYTES)
     except (OSError, ValueError, ImportError) as e:  # a missing folder, a bad source, an unknown encoder, an index
         # of another encoder, an unwritable --data-dir, nudenet not installed
@@ -104,15 +126,16 @@ def main(argv: list[str] | None = None) -> None:
              engine.encoder.fingerprint, len(engine.skipped), store.path, "on" if safety else "off")
     refuse = safety.refuse if safety else None
     note = None if (args.index or args.gallery) else DEFAULT_GALLERY_NOTE
-    demo = build_ui(engine, store, args.top_k, load_examples(), Limits(concurrency=args.concurrency), refuse, note)
+    demo = build_ui(engine, store, args.top_k, load_examples(), Limits(concurrency=args.concurrency), refuse, note,
+                    args.systems, engines)
     demo.queue(max_size=config.QUEUE_SIZE, default_concurrency_limit=args.concurrency)
     # Only two folders are public, and both hold nothing but files written to be shown: the index's thumbnails
     # (named by digest; those of images the safety filter flagged are blocked) and the example queries.
     # Originals, index files and whatever lies beside a gallery never are.
-    flagged = [str(engine.gallery.item(r).thumbnail) for r in engine.gallery.flagged_rows
-               if engine.gallery.item(r).thumbnail]
+    galleries = [e.gallery for e in engines.values()]
+    flagged = [str(g.item(r).thumbnail) for g in galleries for r in g.flagged_rows if g.item(r).thumbnail]
     serve = {"max_file_size": config.MAX_UPLOAD_BYTES, "blocked_paths": flagged, "css": CSS, "js": BRUSH_READY,
-             "allowed_paths": [str(engine.gallery.root / "thumbs"), str(ASSETS_DIR / "examples")]}
+             "allowed_paths": [str(g.root / "thumbs") for g in galleries] + [str(ASSETS_DIR / "examples")]}
     if args.share:  # a gradio.live link serves the page and its API only (no REST routes through the tunnel)
         demo.launch(server_name=args.host, server_port=args.port, share=True, **serve)
         return

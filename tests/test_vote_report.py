@@ -300,3 +300,50 @@ def test_compare_pair_runs_each_system_on_its_own_engine(tmp_path: Path) -> None
     mixed = compare_pair(engines, (systems[2], systems[0]), query, settings)
     assert len(mixed.a.hits) == len(mixed.b.hits) == 6 and mixed.encoder.count("@") == 2
     assert mixed.encoder.startswith("lite-aligned@") and "," in mixed.index
+
+
+ARENA = "lite:baseline,lite:aligned:aesthetic_weight=1:dedup=false,lite:shift"
+
+
+@pytest.mark.slow
+def test_the_app_in_arena_mode_shows_drawn_pairs_and_stores_their_systems(app, tmp_path: Path) -> None:
+    """`python app.py --arena ...` (sharing the session app's index): each query shows two of the systems,
+    each side ranked as that system ranks it; the vote names both; the reveal says which was where."""
+    from conftest import App
+    from gradio_client import Client
+
+    from search.engine import SearchEngine
+    from search.rankings import RankSettings
+    from search.types import Query
+
+    systems = parse_arena(ARENA)
+    (meta,) = app.cache_dir.glob("indexes/*/index.json")
+    engine = SearchEngine.open(meta.parent)
+    with App(tmp_path, "--arena", ARENA, cache_dir=app.cache_dir) as arena:
+        for _ in range(4):
+            c = Client(arena.url, verbose=False, download_files=False)
+            a, b, _, _ = c.predict("a cat", None, None, k=5, api_name="/search")
+            before = {v.vote_id for v in arena.votes()}
+            text = c.predict("A", True, api_name="/vote")
+            (v,) = [v for v in arena.votes() if v.vote_id not in before]
+            assert v.system_a != v.system_b and {v.system_a, v.system_b} <= {str(s) for s in systems}
+            assert f"**A** was `{v.system_a}` and **B** was `{v.system_b}`" in text
+            for side, name in ((a, v.system_a), (b, v.system_b)):
+                system = next(s for s in systems if str(s) == name)
+                want = [h.item.id for h in engine.search(Query(text="a cat"), k=5, ranking=system.ranking,
+                                                         settings=system.rank_settings(RankSettings()))]
+                if system.ranking != "aligned":  # the aligned side searches with the rephrased text
+                    assert [arena.id_of(r) for r in side] == want, name
+    report = summary(load_votes(tmp_path / "data"))
+    assert report.arena and {s.system for s in report.systems} <= {str(s) for s in systems}
+
+
+def test_a_bad_arena_stops_the_app_with_a_message() -> None:
+    import subprocess
+    import sys
+
+    from conftest import APP
+
+    out = subprocess.run([sys.executable, str(APP), "--arena", "lite:baseline,lite:nosuch"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "--arena" in out.stderr and "unknown ranking 'nosuch'" in out.stderr

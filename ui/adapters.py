@@ -36,6 +36,10 @@ class Shown:
     settings: dict                           # as searched
     voted: str | None = None                 # the choice, once voted
     vote_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # arena mode (app.py --arena): the systems shown on A and B, and the encoder / index fingerprints they used
+    systems: tuple[str, str] | None = None
+    encoder: str | None = None
+    index: str | None = None
 
     def side(self, name: str) -> tuple[Hit, ...]:
         return self.baseline if (name == self.baseline_side) else self.aligned
@@ -141,8 +145,9 @@ def to_vote(shown: Shown, choice: str, image_hash: str | None, engine: SearchEng
 
     return Vote(shown.vote_id, time.time(), shown.session, shown.text, image_hash, shown.rephrased, shown.style,
                 ranked(shown.side("A")), ranked(shown.side("B")), shown.baseline_side, choice, config.APP_VERSION,
-                engine.encoder.fingerprint, f"{engine.gallery.meta.fingerprint}/{engine.gallery.meta.snapshot}",
-                shown.settings)
+                shown.encoder or engine.encoder.fingerprint,
+                shown.index or f"{engine.gallery.meta.fingerprint}/{engine.gallery.meta.snapshot}",
+                shown.settings, *(shown.systems or (None, None)))
 
 
 def visitor(request: object) -> tuple[str, str]:

@@ -20,6 +20,7 @@ from search.index.images import ImageLoadError, load_image, to_webp
 from search.limits import RateLimited, RateLimiter
 from search.rankings import RankSettings
 from search.types import Query
+from search.votes.arena import System, compare_pair, draw_pair, reveal, shown_sides
 from search.votes.store import CHOICES, ImageQuotaExceeded, VoteStore
 
 from .adapters import CHOICE_LABELS, RequestError, Shown, describe, percentiles, to_gallery, to_query, to_vote, visitor
@@ -61,11 +62,13 @@ def settings_of(k: int, aesthetic_weight: float, rephrase: bool, dedup: bool, sh
 
 class Handlers:
     """The page's handlers over one engine and vote store. `refuse(image)` raises ValueError for an image the
-    safety filter flags (None: no filter)."""
+    safety filter flags (None: no filter). `arena`: systems (search/votes/arena.py) of which each query shows a
+    drawn pair, each run on `engines[system.encoder]`; None: the engine's baseline vs aligned ranking."""
 
-    def __init__(self, engine: SearchEngine, store: VoteStore, limits: Limits,
-                 refuse: Callable | None = None) -> None:
+    def __init__(self, engine: SearchEngine, store: VoteStore, limits: Limits, refuse: Callable | None = None,
+                 arena: tuple[System, ...] | None = None, engines: dict[str, SearchEngine] | None = None) -> None:
         self.engine, self.store, self.limits, self.refuse = engine, store, limits, refuse
+        self.arena, self.engines = arena, engines or {engine.encoder.name: engine}
         self.side_of = random.SystemRandom()
         self._warm = threading.Event()
 
@@ -77,19 +80,27 @@ class Handlers:
     def answer(self, query: Query, settings: dict, previous: Shown | None) -> tuple:
         if self.refuse is not None and query.image is not None:
             self.refuse(query.image)
-        c = self.engine.compare(query, RankSettings(k=settings["k"], aesthetic_weight=settings["aesthetic_weight"],
-                                                    dedup=settings["dedup"]), rephrase=settings["rephrase"])
+        ranks = RankSettings(k=settings["k"], aesthetic_weight=settings["aesthetic_weight"], dedup=settings["dedup"])
+        session = previous.session if previous else uuid.uuid4().hex
+        image = to_webp(query.image) if query.image is not None else None
+        if self.arena is None:
+            c = self.engine.compare(query, ranks, rephrase=settings["rephrase"])
+            state = Shown(session, query.text, image, c.rephrasing.rephrased if c.rephrasing else None, c.style,
+                          c.baseline, c.aligned, self.side_of.choice("AB"), settings)
+        else:  # listed-first system as "baseline", so Shown.side() and the vote read as in the default app
+            c = compare_pair(self.engines, draw_pair(self.arena, self.side_of), query, ranks, settings["rephrase"])
+            side, first, other = shown_sides(c, self.arena)
+            state = Shown(session, query.text, image, c.rephrased, c.style, first, other, side, settings,
+                          systems=c.systems, encoder=c.encoder, index=c.index)
         if not self._warm.is_set():  # the first answer went out without waiting for it; now load the rest
             self._warm.set()
-            timer = threading.Timer(WARM_UP_DELAY, self.engine.encoder.warm_up)
-            timer.daemon = True
-            timer.start()
-        state = Shown(previous.session if previous else uuid.uuid4().hex, c.query.text,
-                      to_webp(c.query.image) if c.query.image is not None else None,
-                      c.rephrasing.rephrased if c.rephrasing else None, c.style, c.baseline, c.aligned,
-                      self.side_of.choice("AB"), settings)
-        log.info("query text=%r image=%s style=%s -> %d+%d hits in %.0f ms", (query.text or "")[:100],
-                 query.image is not None, c.style, len(c.baseline), len(c.aligned), c.seconds * 1e3)
+            for engine in self.engines.values():
+                timer = threading.Timer(WARM_UP_DELAY, engine.encoder.warm_up)
+                timer.daemon = True
+                timer.start()
+        log.info("query text=%r image=%s style=%s -> %d+%d hits in %.0f ms%s", (query.text or "")[:100],
+                 query.image is not None, state.style, len(state.baseline), len(state.aligned), c.seconds * 1e3,
+                 f" ({' vs '.join(state.systems)})" if state.systems else "")
         # the vote buttons as updates, not gr.Button(...): Gradio builds each updated component once anyway
         return (*self.galleries(state, settings["show_scores"]), describe(state, c.seconds), state, "",
                 *[gr.update(interactive=True) for _ in CHOICES])
@@ -137,8 +148,9 @@ class Handlers:
                                    f"{getattr(e, 'strerror', None) or e}); please try again later") from e
             state = replace(state, voted=choice)
         aligned = "B" if state.baseline_side == "A" else "A"
-        text = (f"Thanks! **{state.baseline_side}** was the baseline ranking and **{aligned}** the "
-                f"aesthetically-aligned one. You chose: {CHOICE_LABELS[state.voted]}.")
+        shown = reveal(state.systems) if state.systems else (
+            f"**{state.baseline_side}** was the baseline ranking and **{aligned}** the aesthetically-aligned one.")
+        text = f"Thanks! {shown} You chose: {CHOICE_LABELS[state.voted]}."
         return text, state, *[gr.update(interactive=False) for _ in CHOICES]
 
     def find_images(self, text: str, k: int = 8, ranking: str = "aligned", request: gr.Request = None) -> list[dict]:

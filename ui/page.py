@@ -31,17 +31,19 @@ CONSENT = ("Votes are stored to improve the aligned ranking: the query (text, or
 
 def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT_TOP_K,
              examples: list | None = None, limits: Limits | None = None, refuse=None,  # noqa: ANN001
-             note: str | None = None) -> gr.Blocks:
+             note: str | None = None, arena=None, engines=None) -> gr.Blocks:  # noqa: ANN001
     """The page. `examples`: search.examples.ExampleQuery list; `refuse(image)`: raises ValueError for an
-    image the safety filter flags; `note`: a last sentence for the header. Launch with `css=CSS,
-    js=BRUSH_READY`."""
+    image the safety filter flags; `note`: a last sentence for the header; `arena`, `engines`: see Handlers.
+    Launch with `css=CSS, js=BRUSH_READY`."""
     limits = limits or Limits()
-    h = Handlers(engine, store, limits, refuse)
+    h = Handlers(engine, store, limits, refuse, arena, engines)
+    pair = (f"two of {len(arena)} systems ({', '.join(f'`{s}`' for s in arena)})" if arena else
+            "the plain one and the aesthetically-aligned one")
     with gr.Blocks(title="Visual search", analytics_enabled=False, delete_cache=config.CACHE_CLEANUP) as demo:
         gr.Markdown(f"# Visual search\nFind images with words, a sketch, an artwork or a blurry photo in "
                     f"{len(engine.gallery):,} images (encoder `{engine.encoder.name}`). Two rankings appear side by "
-                    f"side in a random order, the plain one and the aesthetically-aligned one: vote for the better "
-                    f"side to see which was which.{' ' + note if note else ''}", elem_id="header")
+                    f"side in a random order, {pair}: vote for the better side to see which was which."
+                    f"{' ' + note if note else ''}", elem_id="header")
         shown = gr.State(None, time_to_live=config.SESSION_TTL_SECONDS)
         image_source = gr.State("Sketch")
         with gr.Tabs():

@@ -211,6 +211,7 @@ def run_system(engine: SearchEngine, system: System, query: Query, settings: Ran
     """(hits, rephrased text or None, detected style) of one system for one query, as SearchEngine.compare
     ranks each of its sides (same encoding, same rank_queries path)."""
     from search.pipeline import rank_query
+    from search.rankings import blend_rephrasing, rephrase_weight
     from search.rephrase import rephrase as rephrase_text
 
     texts, rephrased = [], None
@@ -219,8 +220,9 @@ def run_system(engine: SearchEngine, system: System, query: Query, settings: Ran
         if r.rephrased != query.text:
             texts, rephrased = [query.text, r.rephrased], r.rephrased
     base = engine.encode(query, texts)
-    hits = rank_query(system.ranking, base.vectors[-1], base, query, engine.gallery, system.rank_settings(settings),
-                      engine.encoder.query_bank)
+    settings = system.rank_settings(settings)
+    vector = blend_rephrasing(base.vectors[0], base.vectors[-1], rephrase_weight(engine.gallery, settings))
+    hits = rank_query(system.ranking, vector, base, query, engine.gallery, settings, engine.encoder.query_bank)
     return tuple(hits), rephrased, base.style
 
 
