@@ -15,8 +15,10 @@ def _eval(args: argparse.Namespace) -> int:
 
     result = evaluate(args.benchmark, encoder=args.encoder, ranking=args.ranking,
                       cache_dir=None if args.no_cache else args.cache_dir, style=args.style == "on",
-                      settings=RankSettings(aesthetic_weight=args.aesthetic_weight), rephraser=args.rephraser)
-    print(f"{result.benchmark} · encoder {result.encoder} · ranking {result.ranking} · style {args.style}")
+                      settings=RankSettings(aesthetic_weight=args.aesthetic_weight), rephraser=args.rephraser,
+                      style_words=args.style_words == "on")
+    print(f"{result.benchmark} · encoder {result.encoder} · ranking {result.ranking} · style {args.style}"
+          + (" · style words off" if args.style_words == "off" else ""))
     print(result.table())
     if result.problems:
         print(f"\n{len(result.problems)} bad row(s) skipped:")
@@ -243,6 +245,14 @@ def _train_style(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_style_words(args: argparse.Namespace) -> int:
+    from search.training.style_words import train_style_words
+
+    train_style_words(args.data, args.out, args.encoder, per_style=args.per_style, seed=args.seed,
+                      **given(weight=args.weight))
+    return 0
+
+
 def given(**values: object) -> dict:
     """The options given on the command line (the rest keep their config class's defaults)."""
     return {k: v for k, v in values.items() if v is not None}
@@ -335,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="ranking to evaluate (default baseline; others are reported beside the baseline)")
     p.add_argument("--style", choices=["on", "off"], default="on",
                    help="condition image queries on their detected style (default on)")
+    p.add_argument("--style-words", choices=["on", "off"], default="on",
+                   help="text naming a style (\"a sketch of a horse\") ranks images of that style first (default on)")
     p.add_argument("--aesthetic-weight", type=float, default=0.5, help="aligned ranking: lambda (default 0.5)")
     p.add_argument("--rephraser", default=DEFAULT_REPHRASER,
                    help="aligned ranking: query rephraser (default %(default)s)")
@@ -358,6 +370,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--per-style", type=int, default=600, help="training images per style (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_train_style)
+
+    p = sub.add_parser("train-style-words", help="fit the probe that matches gallery images to styles named in text")
+    p.add_argument("--data", required=True, help="data folder with <dataset>/items.jsonl (e.g. ../shared/data)")
+    p.add_argument("--encoder", default="lite", help="the encoder whose gallery vectors it reads (default lite)")
+    p.add_argument("--out", default=str(PROJECT_ROOT / "models" / "weights" / "lite_style_probe.npz"))
+    p.add_argument("--per-style", type=int, default=500, help="training images per style (default %(default)s)")
+    p.add_argument("--weight", type=float, help="weight of the style match in rankings (default: chosen on dev)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_train_style_words)
 
     weights = PROJECT_ROOT / "models" / "weights"
     p = sub.add_parser("train-adapters", help="fit the lite encoder's style adapters on train splits")

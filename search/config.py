@@ -18,6 +18,8 @@ CONCURRENCY = 4                   # heavy requests (search, more like this, vote
 # query rephrasing (search/rephrase.py): "template" | "none" | "llm:PATH_OR_ID" | "http:URL"
 DEFAULT_REPHRASER = os.environ.get("VISUAL_SEARCH_REPHRASER", "template")
 REPHRASE_CACHE_DIR = CACHE_DIR / "rephrase"  # rephrasings.sqlite, and de-quantised GGUF models under llm/
+# style words in text ("a pencil sketch of a horse"): encoder name -> its style probe (`train-style-words`)
+STYLE_PROBES = {"lite": PROJECT_ROOT / "models" / "weights" / "lite_style_probe.npz"}
 
 # ---------------------------------------------------------------- limits for a public app (app.py applies them)
 PUBLIC = bool(os.environ.get("SPACE_ID"))  # on a Hugging Face Space: public-demo defaults (safety filter on)

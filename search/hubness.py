@@ -24,17 +24,17 @@ class HubCorrected:
     Its `index` returns the corrected scores as arrays, so a ranking that reads candidates as arrays (the
     aligned one) builds items only for the hits it returns, not for its whole pool."""
 
-    def __init__(self, gallery: GalleryIndex, penalties: np.ndarray) -> None:
-        self.gallery, self.penalties = gallery, penalties
+    def __init__(self, gallery: GalleryIndex, penalties: np.ndarray, min_pool: int = MIN_POOL) -> None:
+        self.gallery, self.penalties, self.min_pool = gallery, penalties, min_pool
         self.index = _CorrectedIndex(self)
 
     def __len__(self) -> int:
         return len(self.gallery)
 
     def corrected(self, query_vecs: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per query: (rows, corrected scores as float64) of its k best, best first. The `pool` nearest by
-        cosine are re-scored; ties keep the cosine order."""
-        pool = min(len(self.gallery), max(4 * k, MIN_POOL))
+        """Per query: (rows, corrected scores as float64) of its k best, best first. The `min_pool` (at least 4 k)
+        nearest by cosine are re-scored; ties keep the cosine order."""
+        pool = min(len(self.gallery), max(4 * k, self.min_pool))
         scores, rows = self.gallery.index.search(query_vecs, pool)
         out = []
         for srow, rrow, pen in zip(scores, rows, self.penalties):

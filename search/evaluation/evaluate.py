@@ -23,6 +23,7 @@ from search.index.images import load_image
 from search.layout import is_lowres
 from search.pipeline import rank_queries
 from search.rankings import RankSettings, blend_rephrasing, get_ranking, rephrase_weight
+from search.style_text import content_text, read_text_style, style_bonus, style_probe_for
 from search.types import Hit, Skipped
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,15 @@ class EvalResult:
 
 def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str = "baseline",
              cache_dir: str | Path | None = CACHE_DIR, style: bool = True,
-             settings: RankSettings | None = None, rephraser: str = DEFAULT_REPHRASER) -> EvalResult:
+             settings: RankSettings | None = None, rephraser: str = DEFAULT_REPHRASER, style_words: bool = True,
+             style_weight: float | None = None) -> EvalResult:
     """Index the gallery (kept under `cache_dir` for the next run, if set), run every query, score per style.
 
     `style`: image queries are conditioned on their detected style (style-aware encoders only).
     A ranking other than the baseline also reports the baseline beside it; it scores the gallery's
     aesthetics (the encoder's default scorer) and searches with rephrased text queries.
+    `style_words`: text queries naming a style are searched by their content and the style match, with
+    `style_weight` (default the encoder's style probe's) as in the app (search/style_text.py).
     """
     bench: Benchmark = load_benchmark(bench_dir)
     enc = get_encoder(encoder)
@@ -84,9 +88,15 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
         # exact search: benchmark figures measure the encoder and ranking, not an approximate index
         gallery_index, report = build_index(bench.gallery, index_dir, enc, spec=IndexSpec("Flat"),
                                             source=str(bench.root), scorer=scorer)
+        reads = {q.line: read_text_style(enc, q.text, style_words) for q in bench.queries}
+        bench = replace(bench, queries=[replace(q, text=content_text(reads[q.line], q.text)) if reads[q.line] else q
+                                        for q in bench.queries])
         queries, qvecs, probs, problems = _encode_queries(bench, enc, gallery_index, report.skipped, style)
+        bonus = style_bonus(gallery_index, style_probe_for(enc),
+                            [reads[q.line].label if reads[q.line] else None for q in queries], style_weight)
         settings = replace(settings or RankSettings(), k=len(gallery_index))  # full rankings, for mAP
-        result = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, "baseline", settings, style)
+        result = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, "baseline", settings, style,
+                        bonus)
         if ranking == "baseline":
             return result
         texts = [i for i, q in enumerate(queries) if q.text is not None]
@@ -97,7 +107,7 @@ def evaluate(bench_dir: str | Path, encoder: str = DEFAULT_ENCODER, ranking: str
             qvecs = qvecs.copy()
             rephrased = enc.encode_texts([rephrase(r, queries[i].text).rephrased for i in texts])
             qvecs[texts] = blend_rephrasing(qvecs[texts], rephrased, rephrase_weight(gallery_index, settings))
-        other = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, ranking, settings, style)
+        other = _score(bench, queries, qvecs, probs, gallery_index, problems, enc, ranking, settings, style, bonus)
         other.baseline = result
         return other
 
@@ -140,10 +150,10 @@ def _encode_queries(bench: Benchmark, enc: Encoder, gallery_index: GalleryIndex,
 
 def _score(bench: Benchmark, queries: list[BenchQuery], qvecs: np.ndarray, mixtures: np.ndarray,
            gallery_index: GalleryIndex, problems: list[Problem], enc: Encoder, ranking: str, settings: RankSettings,
-           style: bool) -> EvalResult:
+           style: bool, style_bonus: np.ndarray | None = None) -> EvalResult:
     lowres = [i for i, m in enumerate(mixtures) if is_lowres(m)]  # rows of 0 (text, style off) read as photo
     hits = rank_queries(ranking, qvecs, gallery_index, settings, [q.text is None for q in queries],
-                        {i: load_image(queries[i].path) for i in lowres}, mixtures, enc.query_bank)
+                        {i: load_image(queries[i].path) for i in lowres}, mixtures, enc.query_bank, style_bonus)
     per_style: dict[str, list[dict]] = defaultdict(list)
     rankings = []
     for q, row in zip(queries, hits):
