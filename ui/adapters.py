@@ -14,6 +14,7 @@ from PIL import Image
 from search import config
 from search.engine import SearchEngine
 from search.index.images import ImageLoadError, load_image, shrink
+from search.style_text import text_style_caption
 from search.types import Hit, Query
 from search.votes.store import RankedId, Vote
 
@@ -133,6 +134,8 @@ def percentiles(scores: list[float]) -> Callable[[float], int]:
 
 def describe(shown: Shown, seconds: float) -> str:
     parts = [f"**Query style:** {shown.style}" if shown.style else "**Query:** text"]
+    if style_words := text_style_caption(shown.text):  # "a pencil sketch of a horse": searched as sketches
+        parts.append(style_words)
     if shown.rephrased is not None:
         parts.append(f"**Rephrased:** {shown.rephrased}")
     parts.append(f"{len(shown.baseline)} results per side in {seconds * 1000:.0f} ms")
