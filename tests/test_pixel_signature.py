@@ -71,6 +71,10 @@ def test_the_index_stores_each_image_signature(copies_engine: SearchEngine) -> N
     assert float(stored[cat] @ fresh) > 0.99
     copies = [gallery.row_of(f"chelsea~{d}") for d in ("motion_blur:16", "pixelate:8")]
     assert all(float(stored[c] @ stored[cat]) >= DUPLICATE_THRESHOLD for c in copies)
+    # an index written before signatures were stored: made from the thumbnail; without one, a duplicate of nothing
+    older = {k: v for k, v in gallery.rows[cat].items() if k != "pixels"}
+    from_thumbnail, nothing = pixel_signature.signatures([older, {"path": "x.png"}], gallery.root)
+    assert float(from_thumbnail @ stored[cat]) > 0.98 and not nothing.any()
 
 
 def test_the_aligned_side_shows_one_version_of_a_picture_even_when_vectors_differ(copies_engine) -> None:

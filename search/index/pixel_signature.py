@@ -51,16 +51,18 @@ def decode(text: str) -> np.ndarray:
 
 
 def signatures(rows: Sequence[dict], root: Path) -> np.ndarray:
-    """(len(rows), 256) signatures of index rows: stored ("pixels"), else made from the row's thumbnail (or
-    file) for an index built before signatures were stored; an unreadable image gets zeros (no duplicate)."""
+    """(len(rows), 256) signatures of index rows: stored ("pixels"), else made from the row's thumbnail for an
+    index built before signatures were stored; zeros (a duplicate of nothing) for a row with neither (never
+    the original: decoding a large file in a search would cost more than the de-duplication is worth)."""
     out = np.zeros((len(rows), SIDE * SIDE), np.float32)
     for i, row in enumerate(rows):
         if row.get("pixels"):
             out[i] = decode(row["pixels"])
             continue
-        path = root / (row.get("thumbnail") or row.get("path", ""))
+        if not row.get("thumbnail"):
+            continue
         try:
-            with Image.open(path) as im:
+            with Image.open(root / row["thumbnail"]) as im:
                 out[i] = signature(im)
         except (OSError, ValueError):
             pass
