@@ -135,6 +135,30 @@ def test_milvus_and_faiss_built_from_the_same_shards_agree(local_shards: Path, t
     assert all((Path(faiss_dir) / r["thumbnail"]).is_file() for r in rows)
 
 
+def test_index_types_are_a_setting_with_a_size_based_default(tmp_path: Path) -> None:
+    from search.index.milvus_index import auto_milvus_spec
+
+    assert [auto_milvus_spec(n, 512).index_type for n in (10_000, 10_001, 10_000_000, 10_000_001)] == \
+        ["FLAT", "HNSW", "HNSW", "IVF_SQ8"]
+    rng = np.random.default_rng(1)
+    n, dim = 2_000, 16
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = tuple({"id": f"v{i}", "path": f"/nowhere/{i}.jpg", "key": f"k{i}", "bytes": 1} for i in range(n))
+    shards = ShardSet(tmp_path, ShardManifest("lite", "synthetic@0", dim, (), n), rows, vectors)
+    exact = VectorIndex.build(vectors, IndexSpec("Flat")).search(vectors[:20], 10)[1]
+    db = f"milvus:{tmp_path / 'types.db'}"
+    for asked, built in (("IVF_PQ", "IVF_SQ8"), ("HNSW", "HNSW")):  # Milvus Lite cannot build IVF_PQ: mapped
+        gallery, report = build_milvus(shards, db, asked)
+        assert gallery.spec.index_type == built and report.added == (n if asked == "IVF_PQ" else 0)
+        found = gallery.index.search(vectors[:20], 10)[1]
+        assert np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)]) >= 0.8
+        gallery.close()
+    gallery, _ = build_milvus(shards, db)  # no type asked: the one chosen by hand stays
+    assert gallery.spec.index_type == "HNSW"
+    gallery.close()
+
+
 # ---------------------------------------------------------------- filters
 def test_filters_run_in_the_database(local_shards: Path, tmp_path: Path) -> None:
     from search.engine import SearchEngine

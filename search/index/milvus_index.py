@@ -46,6 +46,8 @@ PREFIX = "milvus:"
 DEFAULT_COLLECTION = "gallery"
 META_PROPERTY = "visual_search.meta"
 INDEX_TYPES = ("FLAT", "IVF_FLAT", "IVF_SQ8", "IVF_PQ", "HNSW")
+# Milvus Lite (3.2: a Python engine over FAISS) accepts these types but cannot build them: mapped, for Lite only
+LITE_UNSUPPORTED = {"IVF_PQ": "IVF_SQ8"}
 HNSW_MAX = 10_000_000      # past this, the default index is IVF_SQ8 (1 byte per dimension, no graph)
 INSERT_BATCH = 1_000
 # metadata fields returned with each hit (everything but the vector)
@@ -234,6 +236,10 @@ def build_milvus(shards: ShardSet, target: MilvusTarget | str, index_type: str |
         old = None
     n = len(shards.rows)
     auto = old is None or old.get("auto", True)
+    if index_type and index_type.upper() in LITE_UNSUPPORTED and target.lite:
+        log.warning("%s: Milvus Lite has no %s index; using %s (a Milvus server builds %s)", target,
+                    index_type.upper(), LITE_UNSUPPORTED[index_type.upper()], index_type.upper())
+        index_type = LITE_UNSUPPORTED[index_type.upper()]
     if index_type:
         spec, auto = milvus_spec(index_type.upper(), n, m.dim), False
     elif old is not None and not auto:
