@@ -9,6 +9,7 @@ model-only ceiling, on the same images.
 - indexer: `build_index` (the single-process indexer of `python -m search index SOURCE --out DIR`): decoding
   in threads, thumbnails, aesthetic scores, the model, the FAISS index, atomic writes;
 - local: `embed_to_shards(engine="local")`: the same work into Parquet shards, in this process;
+- (shards carry no detected style unless --style on: the indexer detects none, so the work is the same)
 - ray: `embed_to_shards(engine="ray")` on a local Ray cluster started beforehand (`ray.init(num_cpus=CORES)`,
   not timed: a cluster is up before a job is sent to it), `--actors` actors of one CPU (one torch thread)
   each; timed from submission to the last shard, so the actors' start and model loading are included.
@@ -57,13 +58,13 @@ def indexer(encoder, items: list[GalleryItem], scorer: str) -> float:  # noqa: A
 
 
 def shards(items: list[GalleryItem], encoder: str, engine: str, scorer: str, shard_size: int,
-           actors: int) -> tuple[float, float | None]:
+           actors: int, style: bool) -> tuple[float, float | None]:
     """-> (images/s from submission to the last shard, steady images/s or None)."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "shards"
         start = time.perf_counter()
         manifest, report = embed_to_shards(items, out, encoder, engine=engine, scorer=scorer, shard_size=shard_size,
-                                           actors=actors, progress=False)
+                                           actors=actors, progress=False, style=style)
         seconds = time.perf_counter() - start
         assert report.embedded == len(items), report.summary()
         steady = None
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--shard-size", type=int, default=50)
     parser.add_argument("--scorer", default="auto", help="aesthetic scorer for all runs (default %(default)s)")
+    parser.add_argument("--style", choices=["on", "off"], default="off",
+                        help="shards with detected styles (the indexer detects none; default %(default)s)")
     parser.add_argument("--skip", nargs="*", default=[], choices=["ceiling", "indexer", "local", "ray"])
     args = parser.parse_args()
     paths = sorted(p for p in Path(args.images).iterdir() if p.suffix.lower() in {".jpg", ".jpeg"})[:args.n]
@@ -90,7 +93,8 @@ def main() -> None:
     items = [GalleryItem(p.name, p) for p in paths]
     encoder = get_encoder(args.encoder)
     print(f"{len(paths)} JPEGs from {args.images} · encoder {encoder.fingerprint} · scorer {args.scorer} · "
-          f"{os.cpu_count()} cores · torch threads {torch.get_num_threads()} · load {os.getloadavg()[0]:.2f}",
+          f"style {args.style} · {os.cpu_count()} cores · torch threads {torch.get_num_threads()} · "
+          f"load {os.getloadavg()[0]:.2f}",
           flush=True)
     rates: dict[str, float] = {}
     if "ceiling" not in args.skip:
@@ -98,12 +102,14 @@ def main() -> None:
     if "indexer" not in args.skip:
         rates["indexer (build_index)"] = indexer(encoder, items, args.scorer)
     if "local" not in args.skip:
-        rates["embed --engine local"] = shards(items, args.encoder, "local", args.scorer, args.shard_size, 1)[0]
+        rates["embed --engine local"] = shards(items, args.encoder, "local", args.scorer, args.shard_size, 1,
+                                                         args.style == "on")[0]
     if "ray" not in args.skip:
         import ray
 
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-        total, steady = shards(items, args.encoder, "ray", args.scorer, args.shard_size, args.actors)
+        total, steady = shards(items, args.encoder, "ray", args.scorer, args.shard_size, args.actors,
+                               args.style == "on")
         rates[f"embed --engine ray ({args.actors} actors)"] = total
         if steady:
             rates["  ray, steady (after start-up)"] = steady
