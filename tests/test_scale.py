@@ -159,6 +159,21 @@ def test_index_types_are_a_setting_with_a_size_based_default(tmp_path: Path) -> 
     gallery.close()
 
 
+def test_rows_a_safety_filter_flagged_are_never_returned(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((50, 8)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    rows = tuple({"id": f"v{i}", "path": f"/nowhere/{i}.jpg", "key": f"k{i}", "bytes": 1,
+                  "safety": "nudity (test)" if i in (3, 7) else None} for i in range(50))
+    shards = ShardSet(tmp_path, ShardManifest("lite", "synthetic@0", 8, (), 50), rows, vectors)
+    gallery, _ = build_milvus(shards, f"milvus:{tmp_path / 's.db'}")
+    assert gallery.flagged_rows == {3, 7} and gallery.safety(3) == "nudity (test)"
+    _, found = gallery.index.search(vectors[[3, 7, 9]], 50)
+    assert found.shape == (3, 48) and not ({3, 7} & set(found.ravel().tolist()))
+    assert found[2, 0] == 9
+    gallery.close()
+
+
 # ---------------------------------------------------------------- filters
 def test_filters_run_in_the_database(local_shards: Path, tmp_path: Path) -> None:
     from search.engine import SearchEngine

@@ -405,22 +405,24 @@ class MilvusIndex:
     boolean expression over the metadata fields, e.g. 'style == "photo" and aesthetic > 0.5')."""
 
     def __init__(self, client, collection: str, spec: MilvusSpec, dim: int, count: int, size: int,
-                 rows: MilvusRows | None = None, filter: str | None = None) -> None:
+                 rows: MilvusRows | None = None, filter: str | None = None, hidden: int = 0) -> None:
         self.client, self.collection, self.spec, self.dim = client, collection, spec, dim
-        self.count, self.rows, self.filter = count, rows, filter
+        self.count, self.rows, self.filter, self.hidden = count, rows, filter, hidden  # hidden: flagged rows
         self.vectors = MilvusVectors(client, collection, dim, size)
 
     def __len__(self) -> int:
         return self.count
 
     def expression(self) -> str:
-        return "flagged == false" + (f" and ({self.filter})" if self.filter else "")
+        """The filter of every search ("" none): flagged rows out (if any), and `filter`."""
+        parts = (["flagged == false"] if self.hidden else []) + ([f"({self.filter})"] if self.filter else [])
+        return " and ".join(parts)
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         queries = np.ascontiguousarray(queries, np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"expected vectors of shape (n, {self.dim}), got {queries.shape}")
-        k = max(0, min(k, self.count, 16_384))  # Milvus' topk limit
+        k = max(0, min(k, self.count - self.hidden, 16_384))  # 16,384: Milvus' topk limit
         scores = np.full((len(queries), k), -np.inf, np.float32)
         rows = np.full((len(queries), k), -1, np.int64)
         if k == 0 or len(queries) == 0:
@@ -446,7 +448,8 @@ class MilvusGallery(GalleryIndex):
                  flagged: Sequence[int] = (), filter: str | None = None) -> None:
         self.target, self.client, self.spec, self.filter_expr = target, client, spec, filter
         rows = MilvusRows(client, target.collection, size)
-        index = MilvusIndex(client, target.collection, spec, meta.dim, meta.count, size, rows, filter)
+        index = MilvusIndex(client, target.collection, spec, meta.dim, meta.count, size, rows, filter,
+                            hidden=len(flagged))
         super().__init__(root, meta, rows, index, [], dirs=None, flagged=())
         self.flagged_rows = frozenset(int(r) for r in flagged)  # hidden by the index's expression, not a view
 
