@@ -138,7 +138,11 @@ def connect(target: MilvusTarget):  # noqa: ANN201 (pymilvus is imported here on
     """A MilvusClient for `target` (a Milvus Lite file's folder is created)."""
     from pymilvus import MilvusClient
 
+    # query iterators ask the server for a timestamp Milvus Lite does not implement: the client falls back to its
+    # own (fine), but the embedded server logs a traceback and the client a warning for each iterator
+    logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     if target.lite:
+        logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
         Path(target.uri).parent.mkdir(parents=True, exist_ok=True)
     return MilvusClient(target.uri)
 
