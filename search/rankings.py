@@ -17,6 +17,7 @@ Re-scoring, de-duplication and shifting are pure functions over typed hits and a
 """
 from __future__ import annotations
 
+import functools
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -120,11 +121,12 @@ def margin_order(relevance: np.ndarray, quality: np.ndarray, margin: float) -> t
     return np.argsort(-combined, kind="stable"), combined
 
 
-def collapse_order(vectors: np.ndarray, quality: np.ndarray, threshold: float, pixels: np.ndarray | None = None,
-                   pixel_threshold: float = DUPLICATE_THRESHOLD) -> np.ndarray:
-    """Positions of candidates (rows of `vectors`, best first) after collapsing near-duplicates: see
-    `collapse_near_duplicates`. With `pixels` (their pixel signatures, search/index/pixel_signature.py), two
-    candidates are also near-duplicates when their signatures are `pixel_threshold` close."""
+def collapse_groups(vectors: np.ndarray, quality: np.ndarray, threshold: float, pixels: np.ndarray | None = None,
+                    pixel_threshold: float = DUPLICATE_THRESHOLD) -> tuple[list[int], list[int]]:
+    """(kept, dropped) positions of candidates (rows of `vectors`, best first) after collapsing near-duplicates:
+    in order, each candidate not yet grouped opens a group with every later ungrouped one that close to it
+    (cosine >= `threshold`, or with `pixels`, their pixel signatures, search/index/pixel_signature.py, that
+    close); the group's best-looking member (highest `quality`, the earliest on ties) is kept in its place."""
     n = len(vectors)
     close = (vectors @ vectors.T) >= threshold
     if pixels is not None:
@@ -142,7 +144,14 @@ def collapse_order(vectors: np.ndarray, quality: np.ndarray, threshold: float, p
         best = int(group[np.argmax(quality[group])])   # argmax: the earliest among equals
         kept.append(best)
         dropped += [int(j) for j in group if j != best]
-    return np.array(kept + sorted(dropped), np.int64)
+    return kept, sorted(dropped)
+
+
+def collapse_order(vectors: np.ndarray, quality: np.ndarray, threshold: float,
+                   pixels: np.ndarray | None = None) -> np.ndarray:
+    """Positions of candidates after collapsing near-duplicates (`collapse_groups`): the kept, then the rest."""
+    kept, dropped = collapse_groups(vectors, quality, threshold, pixels)
+    return np.array(kept + dropped, np.int64)
 
 
 def margin_rescore(hits: Sequence[Hit], quality: Sequence[float], margin: float) -> list[Hit]:
@@ -203,6 +212,10 @@ def calibration(gallery: GalleryIndex) -> Calibration:
 
 _PERCENTILES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _PIXELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_ALL_PIXELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# versions of a candidate are looked for among every image of galleries up to this size (the first 2k candidates
+# against every signature: ~6 ms at 20k on one core); a larger gallery collapses versions among its candidates
+VERSIONS_SEARCH_MAX = 20_000
 
 
 def aesthetic_percentiles(gallery: GalleryIndex) -> np.ndarray:
@@ -226,29 +239,53 @@ def pixel_signatures(gallery: GalleryIndex, rows: Sequence[int]) -> np.ndarray:
     return np.stack([known[r] for r in rows]) if len(rows) else np.zeros((0, 256), np.float32)
 
 
+def versions_elsewhere(gallery: GalleryIndex, rows: Sequence[int]) -> np.ndarray:
+    """Gallery rows, other than `rows`, whose pixel signature matches one of theirs: other versions of those
+    pictures (a degraded copy can be far from its original in meaning, so the original need not be a
+    candidate). Galleries over VERSIONS_SEARCH_MAX images are not searched (it reads every signature)."""
+    base = getattr(gallery, "gallery", gallery)
+    if not len(rows) or len(base) > VERSIONS_SEARCH_MAX:
+        return np.zeros(0, np.int64)
+    every = _ALL_PIXELS.get(base)
+    if every is None or len(every) != len(base):
+        every = _ALL_PIXELS[base] = pixel_signatures(base, range(len(base)))
+    found = np.flatnonzero(((every[np.asarray(rows)] @ every.T) >= DUPLICATE_THRESHOLD).any(0))
+    given = set(rows)
+    return np.array([r for r in found.tolist() if r not in given and not base.is_flagged(r)], np.int64)
+
+
 def aligned(query_vecs: np.ndarray, gallery: GalleryIndex, settings: RankSettings) -> list[list[Hit]]:
     """The top `candidates` by relevance, re-ranked by relevance + lambda * margin * aesthetic percentile (so
     aesthetics only order candidates within lambda * margin of each other's relevance), near-duplicates
-    collapsed to their best-looking version; then the rest of the gallery in baseline order."""
+    collapsed to their best-looking version (for the first candidates, found in the whole gallery); then the
+    rest of the gallery in baseline order."""
     cal = calibration(gallery)
     margin = settings.aesthetic_weight * (cal.margin if settings.margin is None else settings.margin)
     threshold = cal.dedup_threshold if settings.dedup_threshold is None else settings.dedup_threshold
     quality = aesthetic_percentiles(gallery)
-    pool = max(settings.k, settings.candidates)
+    base = getattr(gallery, "gallery", gallery)
     out = []
-    for rows, rel, item in _candidates(query_vecs, gallery, pool):
+    pool = max(settings.k, settings.candidates)
+    for q, (rows, rel, item) in zip(query_vecs, _candidates(query_vecs, gallery, pool)):
         head = min(settings.candidates, len(rows))
         order, combined = margin_order(rel[:head], quality[rows[:head]], margin)
+        # (gallery row, score, relevance, item maker) in the aligned order; items are made for shown hits only
+        ranked = [(int(rows[i]), float(combined[i]), float(rel[i]), functools.partial(item, int(i))) for i in order]
         if settings.dedup and head:
-            ordered = rows[order].tolist()
-            order = order[collapse_order(gallery.vectors(ordered), quality[ordered], threshold,
-                                         pixel_signatures(gallery, ordered))]
-        ranked = [Hit(item(int(i)), float(combined[i]), n, int(rows[i]), float(rel[i]))
-                  for n, i in enumerate(order[: settings.k].tolist(), start=1)]
-        ranked += [Hit(item(i), float(rel[i]), n, int(rows[i]), float(rel[i]))
-                   for n, i in enumerate(range(head, min(len(rows), head + settings.k - len(ranked))),
-                                         start=len(ranked) + 1)]
-        out.append(ranked)
+            # other versions of the pictures that may be shown (the first 2k), from anywhere in the gallery
+            extra = versions_elsewhere(gallery, [r for r, *_ in ranked[: 2 * settings.k]])
+            every = np.array([r for r, *_ in ranked] + extra.tolist(), np.int64)
+            vectors = gallery.vectors(every.tolist())
+            ranked += [(int(r), float(v + margin * quality[r]), float(v), functools.partial(base.item, int(r)))
+                       for r, v in zip(extra, vectors[head:] @ q)]
+            kept, dropped = collapse_groups(vectors, quality[every], threshold,
+                                            pixel_signatures(gallery, every.tolist()))
+            ranked = [ranked[i] for i in kept] + [ranked[i] for i in dropped if i < head]  # an extra copy: never
+        shown = {r for r, *_ in ranked}
+        ranked += [(int(rows[i]), float(rel[i]), float(rel[i]), functools.partial(item, i))
+                   for i in range(head, len(rows)) if int(rows[i]) not in shown][: max(0, settings.k - len(ranked))]
+        out.append([Hit(make(), score, n, row, relevance)
+                    for n, (row, score, relevance, make) in enumerate(ranked[: settings.k], start=1)])
     return out
 
 

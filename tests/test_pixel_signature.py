@@ -12,7 +12,7 @@ from conftest import photo
 from search.engine import SearchEngine
 from search.index import pixel_signature
 from search.index.pixel_signature import DUPLICATE_THRESHOLD, signature
-from search.rankings import RankSettings, blend_rephrasing, pixel_signatures
+from search.rankings import RankSettings, aligned, blend_rephrasing, pixel_signatures
 from search.training.degradations import get_degradation
 from search.types import GalleryItem, Query
 
@@ -100,3 +100,17 @@ def test_the_rephrasing_is_blended_with_the_text_as_typed() -> None:
     half = blend_rephrasing(typed, rephrased, 0.5)
     assert abs(float(np.linalg.norm(half)) - 1) < 1e-5
     assert float(half @ typed) == pytest.approx(float(half @ rephrased), abs=1e-5)
+
+
+def test_a_version_outside_the_candidates_replaces_a_worse_looking_copy(copies_engine) -> None:
+    """A degraded copy can be far from its original in meaning: the original is found in the whole gallery."""
+    gallery = copies_engine.gallery
+    copy = gallery.row_of("chelsea~pixelate:8")
+    cat = gallery.row_of("chelsea")
+    assert gallery.rows[cat]["aesthetic"] > gallery.rows[copy]["aesthetic"]   # the scorer prefers the original
+    query = gallery.vectors([copy])                                          # the copy is the only candidate
+    (hits,) = aligned(query, gallery, RankSettings(k=2, candidates=1, dedup_threshold=1.01))
+    # the original takes the copy's place, the copy follows (a candidate is never lost); the other version,
+    # not a candidate, is not pulled in
+    assert [h.item.id for h in hits] == ["chelsea", "chelsea~pixelate:8"]
+    assert hits[0].relevance == pytest.approx(float(query[0] @ gallery.vectors([cat])[0]), abs=1e-5)
