@@ -320,12 +320,12 @@ class MilvusRows(Sequence[dict]):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i) + (len(self) if i < 0 else 0)
+        if not 0 <= i < len(self):
+            raise IndexError(f"row {i} out of range ({len(self)} rows in {self.collection})")
         if i not in self.cache:
-            self.fetch([int(i)])
-        row = self.cache.get(int(i))
-        if row is None:
-            raise IndexError(f"no row {i} in {self.collection}")
-        return row
+            self.fetch([i])
+        return self.cache.get(i, {})  # {}: a removed image's row number (a gap), as in __iter__
 
     def fetch(self, rows: Sequence[int]) -> None:
         missing = [int(r) for r in rows if int(r) not in self.cache and r >= 0]
@@ -337,10 +337,13 @@ class MilvusRows(Sequence[dict]):
         self.cache[int(r["row"])] = {f: r.get(f) for f in ("row", *ROW_FIELDS)}
 
     def __iter__(self) -> Iterator[dict]:
-        """Every row, in batches (a collection may have gaps where images were removed)."""
-        for r in _existing(self.client, self.collection, ROW_FIELDS):
-            self.remember(r)
-            yield self.cache[int(r["row"])]
+        """Every row in row order, read in batches; where an image was removed (a gap in the row numbers), an
+        empty dict, so that the i-th row is row i as for an index directory's rows."""
+        if len(self.cache) < self.size:
+            for r in _existing(self.client, self.collection, ROW_FIELDS):
+                self.remember(r)
+        for i in range(self.size):
+            yield self.cache.get(i, {})
 
 
 class MilvusVectors:
