@@ -496,8 +496,8 @@ def _partial_vectors(partial: Path, fingerprint: str) -> dict[str, tuple[np.ndar
 # ---------------------------------------------------------------- snapshots
 def _previous_vectors(out: Path, meta: IndexMeta, rows: list[dict]) -> dict[str, tuple[np.ndarray, dict]]:
     vectors = np.load(out / meta.snapshot / "vectors.npy", mmap_mode="r")
-    return {r["key"]: (v, {k: r.get(k) for k in ("width", "height", "thumbnail", "aesthetic", "safety")})
-            for r, v in zip(rows, vectors)}
+    keys = ("width", "height", "thumbnail", "aesthetic", "safety", "pixels")  # what embedding an image wrote
+    return {r["key"]: (v, {k: r[k] for k in keys if k in r}) for r, v in zip(rows, vectors)}
 
 
 def _previous_rows(out: Path, meta: IndexMeta) -> list[dict]:
