@@ -149,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     app = gr.mount_gradio_app(app, demo, path="/", **serve)
     print(f"* Running on local URL:  http://{args.host}:{args.port}  (REST API: /api/search, docs: /api/docs"
           f"{', MCP: /agent/gradio_api/mcp/' if args.mcp else ''})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    # an open page keeps a stream open: stopping waits for streams this long at most, not until visitors leave
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=3)
 
 
 def load_safety_filter():  # noqa: ANN201 (models.safety is imported only when the filter is on)
