@@ -398,14 +398,7 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
     info: dict[int, dict] = {}
 
     def on_image(pos: int, im) -> None:  # decoding thread: remember the size, write the thumbnail, check
-        key = ids[todo[pos]]
-        thumb = thumbs / f"{_digest(key)}.jpg"
-        if not thumb.is_file():
-            small = im.copy()
-            small.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            tmp = thumb.with_name(f"{thumb.stem}.{uuid.uuid4().hex}.tmp")
-            small.save(tmp, "JPEG", quality=85)
-            os.replace(tmp, thumb)
+        thumb = write_thumbnail(thumbs, ids[todo[pos]], im)
         info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix(),
                      "aesthetic": float(scorer.score_images([im])[0]) if scorer else None,
                      "safety": _flag(safety, im), "pixels": pixel_signature.encode(pixel_signature.signature(im))}
@@ -426,6 +419,18 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
                 pending, last = [], time.monotonic()
     fresh.update((k, (v, m)) for k, v, m in pending)
     return fresh
+
+
+def write_thumbnail(thumbs: Path, key: str, im) -> Path:  # noqa: ANN001 (a PIL image)
+    """The image's JPEG thumbnail in `thumbs`, named by the digest of its identity `key` (written once, atomically)."""
+    thumb = thumbs / f"{_digest(key)}.jpg"
+    if not thumb.is_file():
+        small = im.copy()
+        small.thumbnail((THUMB_SIZE, THUMB_SIZE))
+        tmp = thumb.with_name(f"{thumb.stem}.{uuid.uuid4().hex}.tmp")
+        small.save(tmp, "JPEG", quality=85)
+        os.replace(tmp, thumb)
+    return thumb
 
 
 def _partial_id(encoder: Encoder, scorer: AestheticScorer | None, safety: SafetyFilter | None = None) -> str:

@@ -45,7 +45,6 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "shards.json"
 SHARD_SIZE = 1_024        # images per shard (a multiple of the batch size): ~8 MB of lite vectors
-THUMB_SIZE = 256
 # (name, meaning): the columns of every shard, in this order
 SHARD_COLUMNS = (
     ("id", "the item's id, unique within the gallery"),
@@ -211,6 +210,7 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
     """Write shard `task` under `out`: images `known` (key -> row, vector from an older shard) are copied, the
     others embedded (decoded in threads, thumbnails written, scored; with `style`, their style detected, which
     costs a style-aware encoder ~45 % more time). -> (embedded, copied, skipped)."""
+    from search.index.gallery_index import write_thumbnail
     from search.index.images import iter_batches
 
     thumbs = out / "thumbs"
@@ -227,14 +227,7 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
     info: dict[int, dict] = {}
 
     def on_image(i: int, im) -> None:  # decoding thread: size, thumbnail, aesthetic score
-        key = task.items[todo[i]]["key"]
-        thumb = thumbs / f"{digest(key)}.jpg"
-        if not thumb.is_file():
-            small = im.copy()
-            small.thumbnail((THUMB_SIZE, THUMB_SIZE))
-            tmp = thumb.with_name(f"{thumb.stem}.{uuid.uuid4().hex}.tmp")
-            small.save(tmp, "JPEG", quality=85)
-            os.replace(tmp, thumb)
+        thumb = write_thumbnail(thumbs, task.items[todo[i]]["key"], im)
         info[i] = {"width": im.width, "height": im.height, "thumbnail": f"thumbs/{thumb.name}",
                    "aesthetic": float(scorer.score_images([im])[0]) if scorer else None}
 
