@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
     from fastapi import FastAPI
 
-    from search.api import create_router, limit_body
+    from search.api import LimitBody, create_router
     from search.engine import SearchEngine
     from search.examples import ASSETS_DIR, load_examples
     from search.index.sources import default_gallery
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     # the REST API and the page on one server: /api/... first, the page (and its own API) at /
     app = FastAPI(title="Visual search", docs_url="/api/docs", openapi_url="/api/openapi.json")
-    app.middleware("http")(limit_body)
+    app.add_middleware(LimitBody)
     app.include_router(create_router(engine, RateLimiter("searches", config.SEARCHES_PER_MINUTE), refuse))
     limits = Limits(concurrency=args.concurrency)
     if args.mcp:  # its own small app, so that the tool list holds the search alone

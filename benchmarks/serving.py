@@ -1,7 +1,7 @@
 """Serving: what a visitor waits for, against a bare Gradio app on the same machine, in one run (issue 19).
 
     python benchmarks/serving.py [--work DIR] [--n 100000] [--searches 40] [--visitors 16] [--rounds 2]
-                                 [--per-visitor 6] [--skip-client] [--skip-server]
+                                 [--per-visitor 6] [--client http|gradio] [--skip-client] [--skip-server]
 
 This machine is shared and noisy: every figure is set against a reference measured in the same run, and the
 targets are ratios. Measured:
@@ -9,11 +9,13 @@ targets are ratios. Measured:
 (a) One visitor, client side: `python app.py` (the default gallery, text queries, 12 results per side) against
     a bare Gradio app written here (a gr.Blocks whose /search takes a Textbox and returns two gr.Gallery of
     12 fixed 256-px thumbnail JPEGs each, no model; the same queue settings as the app). A search is timed
-    from the gradio_client call until every thumbnail URL of both galleries has been fetched, as a browser
-    would (6 connections at once, keep-alive). The two apps are asked in turn (app, bare, app, ...), so the
-    machine's noise falls on both. Target: p50 app / bare <= 1.15.
-(b) 16 visitors at once (threads, each its own gradio_client.Client), searches per second, app and bare in
-    alternating rounds. Target: app / bare >= 0.85.
+    from the call (Gradio's HTTP API, POST /gradio_api/call/search and its event stream; `--client gradio`:
+    gradio_client, which burns ~160 ms of this machine's CPU per call) until every thumbnail URL of both
+    galleries has been fetched, as a browser would (6 connections at once, keep-alive). The two apps are asked
+    in turn (app, bare, app, ...), so the machine's noise falls on both. Target: p50 app / bare <= 1.15.
+(b) 16 visitors at once (threads, each its own connections), searches per second, app and bare in
+    alternating rounds. Target: app / bare >= 0.85. And the app's server-side p50 (its log) under these 16
+    visitors against one visitor's in (a): <= 3x (the app serves 4 searches at once, the rest queue).
 (c) Server side, in this process (one BLAS thread, as the app runs): SearchEngine.compare (both rankings) on a
     synthetic 100k-image index (the default gallery's real `lite` embeddings plus noise, random aesthetic
     scores, written with write_index: the app's default IVF index at that size). Text p50 <= 30 ms, a sketch
@@ -143,11 +145,18 @@ class Server:
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=self._log_file,
                                      stderr=subprocess.STDOUT)
         self._lines_read = 0
-        self.extra_inputs = (None, None) if name == "app" else ()  # the app's /search: text, sketch, upload, ...
+        # /search's inputs after the text: the app's sketch, upload, image source, text weight, k, aesthetic weight,
+        # rephrase, dedup, show scores, state (gradio_client fills in all but the first two itself)
+        self.inputs = [None, None, "Sketch", 0.5, K, 0.5, True, True, False, None] if name == "app" else []
 
     def wait(self) -> Server:
         wait_up(self.url, self.proc, self.log)
         return self
+
+    def cpu_seconds(self) -> float:
+        """CPU time the server process has used so far (user + system)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def server_ms(self) -> list[float]:
         """Server-side times (ms) of the searches logged since the last call."""
@@ -178,21 +187,44 @@ def file_urls(value, base: str) -> list[str]:
 
 
 class Visitor:
-    """One browser tab: a gradio_client session, plus 6 keep-alive connections for the result images."""
+    """One browser tab: 6 keep-alive connections, for the search call and the result images. The call goes
+    through Gradio's HTTP API (POST /gradio_api/call/search, then its event stream), as a page's own requests
+    do; with `gradio_client`, through that library, which spends ~160 ms of CPU per call on the polling
+    threads it runs: on this 2-core machine, CPU taken from the server, which a visitor's browser is not."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: Server, client: str = "http") -> None:
         import httpx
-        from gradio_client import Client
 
         self.server = server
-        self.client = Client(server.url, verbose=False, download_files=False)
         self.http = httpx.Client(limits=httpx.Limits(max_connections=6, max_keepalive_connections=6), timeout=60)
         self.pool = ThreadPoolExecutor(6)
+        self.client = None
+        if client == "gradio":
+            from gradio_client import Client
+
+            self.client = Client(server.url, verbose=False, download_files=False)
+
+    def call(self, text: str) -> list:
+        """/search's outputs for `text`."""
+        if self.client is not None:
+            return list(self.client.predict(text, *self.server.inputs[:2], api_name="/search"))
+        url = self.server.url + "gradio_api/call/search"
+        event = self.http.post(url, json={"data": [text, *self.server.inputs]}).raise_for_status().json()["event_id"]
+        kind = None
+        with self.http.stream("GET", f"{url}/{event}") as stream:
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.removeprefix("event:").strip()
+                elif line.startswith("data:") and kind in ("complete", "error"):
+                    if kind == "error":
+                        raise RuntimeError(f"{self.server.name}: {line[:300]}")
+                    return json.loads(line.removeprefix("data:"))
+        raise RuntimeError(f"{self.server.name}: the event stream ended without an answer")
 
     def search(self, text: str) -> tuple[float, float, int]:
         """-> (seconds until the answer, seconds until every image is in, images fetched)."""
         t0 = time.perf_counter()
-        result = self.client.predict(text, *self.server.extra_inputs, api_name="/search")
+        result = self.call(text)
         t1 = time.perf_counter()
         urls = file_urls(result[:2], self.server.url)
         sizes = list(self.pool.map(self.fetch, urls))
@@ -209,23 +241,26 @@ class Visitor:
     def close(self) -> None:
         self.pool.shutdown()
         self.http.close()
-        self.client.close()
+        if self.client is not None:
+            self.client.close()
 
 
 # ---------------------------------------------------------------- (a), (b), (d): client side
-def one_visitor(app: Server, bare: Server, texts: Texts, n: int) -> dict:
-    va, vb = Visitor(app), Visitor(bare)
+def one_visitor(app: Server, bare: Server, texts: Texts, n: int, client: str) -> dict:
+    va, vb = Visitor(app, client), Visitor(bare, client)
     for _ in range(3):  # warm-up: the first answers load lazy parts (the image tower after the first search)
         va.search(texts())
         vb.search(texts())
     time.sleep(3)  # the app's delayed warm-up (ui/handlers.py WARM_UP_DELAY) is done before timing
     app.server_ms()
     out = {"app": [], "bare": [], "app_call": [], "bare_call": [], "app_rep": [], "bare_rep": []}
+    cpu0 = app.cpu_seconds(), bare.cpu_seconds()
     for _ in range(n):
         call, total, _ = va.search(texts())
         out["app"].append(total), out["app_call"].append(call)
         call, total, _ = vb.search(texts())
         out["bare"].append(total), out["bare_call"].append(call)
+    out["cpu"] = ((app.cpu_seconds() - cpu0[0]) / n, (bare.cpu_seconds() - cpu0[1]) / n)
     out["app_server"] = app.server_ms()
     repeated = texts()
     for _ in range(n // 2):
@@ -236,9 +271,9 @@ def one_visitor(app: Server, bare: Server, texts: Texts, n: int) -> dict:
     return out
 
 
-def many_visitors(server: Server, texts: Texts, visitors: int, per_visitor: int) -> dict:
+def many_visitors(server: Server, texts: Texts, visitors: int, per_visitor: int, client: str) -> dict:
     """`visitors` threads, each its own session, each `per_visitor` searches as fast as answered."""
-    clients = list(ThreadPoolExecutor(8).map(lambda _: Visitor(server), range(visitors)))
+    clients = list(ThreadPoolExecutor(8).map(lambda _: Visitor(server, client), range(visitors)))
     for v in clients[:2]:
         v.search(texts())
     server.server_ms()
@@ -262,21 +297,19 @@ def many_visitors(server: Server, texts: Texts, visitors: int, per_visitor: int)
     for t in threads:
         t.start()
     start.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), server.cpu_seconds()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
     for v in clients:
         v.close()
-    return {"done": len(times), "wall": wall, "times": times, "errors": errors, "server": server.server_ms()}
+    return {"done": len(times), "wall": wall, "cpu": cpu, "times": times, "errors": errors,
+            "server": server.server_ms()}
 
 
-def rest_vs_gradio(app: Server, texts: Texts, n: int) -> dict:
-    import httpx
-    from gradio_client import Client
-
-    client = Client(app.url, verbose=False, download_files=False)
-    http = httpx.Client(timeout=60)
+def rest_vs_gradio(app: Server, texts: Texts, n: int, client: str) -> dict:
+    visitor = Visitor(app, client)
+    http = visitor.http
 
     def rest(text: str) -> float:
         t0 = time.perf_counter()
@@ -287,7 +320,7 @@ def rest_vs_gradio(app: Server, texts: Texts, n: int) -> dict:
 
     def grad(text: str) -> float:
         t0 = time.perf_counter()
-        client.predict(text, *app.extra_inputs, api_name="/search")
+        visitor.call(text)
         return time.perf_counter() - t0
 
     for _ in range(2):
@@ -301,8 +334,7 @@ def rest_vs_gradio(app: Server, texts: Texts, n: int) -> dict:
     for _ in range(n // 2):
         out["rest_rep"].append(rest(repeated))
         out["gradio_rep"].append(grad(repeated))
-    http.close()
-    client.close()
+    visitor.close()
     return out
 
 
@@ -405,6 +437,8 @@ def main() -> None:
     parser.add_argument("--visitors", type=int, default=16)
     parser.add_argument("--per-visitor", type=int, default=6, help="searches per visitor per round (default 6)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating app/bare rounds of (b) (default 2)")
+    parser.add_argument("--client", choices=("http", "gradio"), default="http",
+                        help="how a visitor calls /search: Gradio's HTTP API (default) or gradio_client")
     parser.add_argument("--skip-client", action="store_true", help="only the server-side part (c)")
     parser.add_argument("--skip-server", action="store_true", help="only the client-side parts (a), (b), (d)")
     args = parser.parse_args()
@@ -424,7 +458,8 @@ def main() -> None:
         lines.append(text)
 
     say(f"# benchmarks/serving.py  ({time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores, load average "
-        f"{os.getloadavg()[0]:.1f}; gallery: {len(engine.gallery)} default images; k={K} per side)")
+        f"{os.getloadavg()[0]:.1f}; gallery: {len(engine.gallery)} default images; k={K} per side; "
+        f"client: {args.client})")
     if not args.skip_client:
         thumbs = [str(it.thumbnail) for it in engine.items if it.thumbnail][:20]
         env = {"VISUAL_SEARCH_SEARCHES_PER_MINUTE": "100000", "VISUAL_SEARCH_VOTES_PER_MINUTE": "100000",
@@ -438,7 +473,7 @@ def main() -> None:
         try:
             app.wait(), bare.wait()
             texts = Texts()
-            a = one_visitor(app, bare, texts, args.searches)
+            a = one_visitor(app, bare, texts, args.searches, args.client)
             say("\n## (a) one visitor, client side (search + every thumbnail of both galleries)")
             say(row("", "this app", "bare Gradio app", "ratio", "target", ""))
             say(row("---", "---", "---", "---", "---", "---"))
@@ -451,13 +486,15 @@ def main() -> None:
                     f"{p50(a['app_call']) / p50(a['bare_call']):.2f}x", "", ""))
             say(row(f"p50, repeated text (n={len(a['app_rep'])})", ms(p50(a["app_rep"])), ms(p50(a["bare_rep"])),
                     f"{p50(a['app_rep']) / p50(a['bare_rep']):.2f}x", "", ""))
+            say(row("server CPU time per search (new texts)", ms(a["cpu"][0]), ms(a["cpu"][1]),
+                    f"{a['cpu'][0] / a['cpu'][1]:.2f}x", "", ""))
             say(row("app server-side p50 (its log), new / repeated",
                     f"{p50(a['app_server']):.0f} / {p50(a['app_server_rep']):.0f} ms", "", "", "", ""))
 
             rounds = {"app": [], "bare": []}
             for _ in range(args.rounds):
                 for s in (app, bare):
-                    rounds[s.name].append(many_visitors(s, texts, args.visitors, args.per_visitor))
+                    rounds[s.name].append(many_visitors(s, texts, args.visitors, args.per_visitor, args.client))
             say(f"\n## (b) {args.visitors} visitors at once ({args.rounds} alternating rounds each, "
                 f"{args.per_visitor} searches per visitor per round)")
             say(row("", "this app", "bare Gradio app", "ratio", "target", ""))
@@ -469,19 +506,25 @@ def main() -> None:
             per_round = [f"{x['done'] / x['wall']:.2f}/{y['done'] / y['wall']:.2f}"
                          for x, y in zip(rounds["app"], rounds["bare"])]
             say(row("  per round (app/bare)", ", ".join(per_round), "", "", "", ""))
+            cpu = {k: sum(x["cpu"] for x in v) / sum(x["done"] for x in v) for k, v in rounds.items()}
+            say(row("server CPU time per search", ms(cpu["app"]), ms(cpu["bare"]), f"{cpu['app'] / cpu['bare']:.2f}x",
+                    "", ""))
             t_app = [t for x in rounds["app"] for t in x["times"]]
             t_bare = [t for x in rounds["bare"] for t in x["times"]]
             say(row("client-side p50 / p95", f"{ms(p50(t_app))} / {ms(p95(t_app))}",
                     f"{ms(p50(t_bare))} / {ms(p95(t_bare))}", f"{p50(t_app) / p50(t_bare):.2f}x", "", ""))
             srv = [t for x in rounds["app"] for t in x["server"]]
+            r = p50(srv) / p50(a["app_server"])
             say(row("app server-side p50 / p95 (its log)", f"{p50(srv):.0f} / {p95(srv):.0f} ms", "", "", "", ""))
+            say(row("  its p50 / one visitor's (a)", f"{r:.1f}x", "", "", "<= 3x",
+                    verdict(r <= TARGETS["16 threads / single"])))
             errs = [e for v in rounds.values() for x in v for e in x["errors"]]
             say(row("errors", sum(len(x["errors"]) for x in rounds["app"]),
                     sum(len(x["errors"]) for x in rounds["bare"]), "", "", ""))
             for e in errs[:5]:
                 say(f"    {e}")
 
-            d = rest_vs_gradio(app, texts, args.searches)
+            d = rest_vs_gradio(app, texts, args.searches, args.client)
             say("\n## (d) REST (GET /api/search, JSON) vs the Gradio API (/search call alone), this app")
             say(row("", "REST", "Gradio API", "ratio REST/Gradio"))
             say(row("---", "---", "---", "---"))

@@ -30,6 +30,7 @@ import hashlib
 import io
 import json
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -132,6 +133,20 @@ def image_tower_outputs(tower: nn.Module, pixels: torch.Tensor, adapters: StyleA
     return late_outputs(tower, shallow_stages(tower, pixels), adapters, mixture)
 
 
+def pack(seqs: Sequence[Sequence[int]], capacity: int) -> list[list[int]]:
+    """Indices of `seqs` in rows of at most `capacity` tokens in all (first fit, longest first)."""
+    rows: list[list[int]] = []
+    room: list[int] = []
+    for j in sorted(range(len(seqs)), key=lambda j: -len(seqs[j])):
+        r = next((r for r, free in enumerate(room) if free >= len(seqs[j])), None)
+        if r is None:
+            rows.append([]), room.append(capacity)
+            r = len(rows) - 1
+        rows[r].append(j)
+        room[r] -= len(seqs[j])
+    return rows
+
+
 class TextTower:
     """all-MiniLM-L6-v2 as sentence-transformers runs it: mean pooling over tokens, then L2 norm.
 
@@ -150,22 +165,41 @@ class TextTower:
         self.weights = load_file(path / "model.safetensors")
         self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=128)
-        self.tokenizer.enable_padding(pad_id=self.config["pad_token_id"])
+        self.tokenizer.no_padding()  # the file pads to 128: texts are packed instead (see __call__)
 
     @torch.inference_mode()
-    def __call__(self, texts: Sequence[str], batch_size: int = 128) -> torch.Tensor:
-        out = [torch.zeros(0, TEXT_DIM)]
-        for i in range(0, len(texts), batch_size):
-            enc = self.tokenizer.encode_batch(list(texts[i : i + batch_size]))
-            ids = torch.tensor([e.ids for e in enc])
-            mask = torch.tensor([e.attention_mask for e in enc])
-            hidden = self.hidden_states(ids, mask)                              # (B, T, 384)
-            m = mask.unsqueeze(-1).float()
-            out.append(l2_normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)))
-        return torch.cat(out)
+    def __call__(self, texts: Sequence[str], row_tokens: int = 128, rows_per_pass: int = 16) -> torch.Tensor:
+        """Texts -> (N, 384) unit vectors. Texts are packed side by side into rows of up to `row_tokens`
+        tokens, each attending to itself only: on a CPU the cost is per token, and padding every text to
+        the longest (a query and its longer rephrasing; a batch of visitors' queries) cost up to 2x."""
+        seqs = [e.ids for e in self.tokenizer.encode_batch(list(texts))]
+        out = torch.zeros(len(seqs), TEXT_DIM)
+        rows = pack(seqs, max(row_tokens, max(map(len, seqs), default=0)))
+        for i in range(0, len(rows), rows_per_pass):
+            chunk = rows[i : i + rows_per_pass]
+            width = max(sum(len(seqs[j]) for j in row) for row in chunk)
+            ids = torch.full((len(chunk), width), self.config["pad_token_id"])
+            positions = torch.zeros((len(chunk), width), dtype=torch.long)
+            segment = torch.full((len(chunk), width), -1)
+            spans = []
+            for r, row in enumerate(chunk):
+                start = 0
+                for j in row:
+                    n = len(seqs[j])
+                    ids[r, start : start + n] = torch.tensor(seqs[j])
+                    positions[r, start : start + n] = torch.arange(n)
+                    segment[r, start : start + n] = j
+                    spans.append((j, r, start, start + n))
+                    start += n
+            hidden = self.hidden_states(ids, positions, segment)                  # (R, T, 384)
+            for j, r, a, b in spans:                                             # mean pooling per text
+                out[j] = hidden[r, a:b].mean(0)
+        return l2_normalize(out)
 
-    def hidden_states(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """BERT encoder (post-LayerNorm, exact GELU), as in the original MiniLM checkpoint."""
+    def hidden_states(self, ids: torch.Tensor, positions: torch.Tensor, segment: torch.Tensor) -> torch.Tensor:
+        """BERT encoder (post-LayerNorm, exact GELU), as in the original MiniLM checkpoint, over rows of
+        packed texts: `positions` restart at 0 for each text, a token attends to its own text's tokens
+        (`segment`, -1 for padding, which attends to itself only)."""
         w, cfg = self.weights, self.config
         size, heads, eps = cfg["hidden_size"], cfg["num_attention_heads"], cfg["layer_norm_eps"]
 
@@ -176,10 +210,11 @@ class TextTower:
             return F.linear(x, w[f"{name}.weight"], w[f"{name}.bias"])
 
         b, t = ids.shape
-        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:t]
+        x = (w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][positions]
              + w["embeddings.token_type_embeddings.weight"][0])
         x = norm(x, "embeddings.LayerNorm")
-        keep = mask[:, None, None, :].bool()                                    # (B, 1, 1, T)
+        keep = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] >= 0)
+        keep = (keep | torch.eye(t, dtype=torch.bool))[:, None]                  # (B, 1, T, T)
         for i in range(cfg["num_hidden_layers"]):
             p = f"encoder.layer.{i}"
             q, k, v = (linear(x, f"{p}.attention.self.{n}").view(b, t, heads, -1).transpose(1, 2)
@@ -411,6 +446,11 @@ class LiteEncoder(Encoder):
     def text_tower(self) -> TextTower:
         return TextTower()
 
+    @functools.cached_property
+    def _second_core(self) -> ThreadPoolExecutor:
+        """A conditioned query's two late passes run one per core (torch releases the GIL while it computes)."""
+        return ThreadPoolExecutor(1, thread_name_prefix="image-tower")
+
     def warm_up(self) -> None:
         self.image_tower, self.text_tower  # noqa: B018  (load both now)
 
@@ -426,10 +466,13 @@ class LiteEncoder(Encoder):
         return self._embed_image(shallow_stages(self.image_tower, pixels), mixture, query)
 
     def _embed_image(self, shallow: torch.Tensor, mixture: np.ndarray | None, query: bool) -> np.ndarray:
-        feats, frozen = late_outputs(self.image_tower, shallow), None
-        if mixture is not None and self.adapters is not None:  # a conditioned query: both passes
+        if mixture is not None and self.adapters is not None:  # a conditioned query: both passes, side by side
             m = torch.from_numpy(np.asarray(mixture, np.float32))
-            feats, frozen = late_outputs(self.image_tower, shallow, self.adapters, m), feats
+            plain = self._second_core.submit(torch.inference_mode()(late_outputs), self.image_tower, shallow)
+            feats = late_outputs(self.image_tower, shallow, self.adapters, m)
+            frozen = plain.result()
+        else:
+            feats, frozen = late_outputs(self.image_tower, shallow), None
         emb = self.heads.embed_image(feats, frozen)
         if self.gate is not None:
             emb = self.gate.pad_query(emb) if query else self.gate(emb, feats)

@@ -57,17 +57,29 @@ def search_json(engine: SearchEngine, query: SearchQuery, k: int, ranking: str, 
             "seconds": round(c.seconds, 4), "hits": [hit_json(h, base_url) for h in hits]}
 
 
-async def limit_body(request: Request, call_next):  # noqa: ANN201 (FastAPI's http middleware signature)
-    """Refuse an /api upload larger than the limit before it is read: the multipart parser would otherwise
-    spool any size to disk first. A body without a declared length is refused too (411)."""
-    if request.url.path.startswith("/api/") and request.method == "POST":
-        length = request.headers.get("content-length")
-        if length is None:
-            return JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
-        if not length.isdigit() or int(length) > config.MAX_UPLOAD_BYTES + 64 * 1024:  # + the form's own fields
-            return JSONResponse({"detail": f"the image is over the {config.MAX_UPLOAD_BYTES // 2**20} MB upload "
-                                           "limit"}, status_code=413)
-    return await call_next(request)
+class LimitBody:
+    """ASGI middleware: refuse an /api upload larger than the limit before it is read (the multipart parser
+    would otherwise spool any size to disk first); a body without a declared length is refused too (411).
+    Plain ASGI, not FastAPI's `@app.middleware("http")`: that wraps every response of the server, the page's
+    event streams and thumbnails too, in extra tasks and queues (+~50 ms on each search's images here)."""
+
+    def __init__(self, app) -> None:  # noqa: ANN001 (any ASGI app)
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"].startswith("/api/"):
+            length = dict(scope["headers"]).get(b"content-length", b"").decode("latin-1")
+            if not length:
+                refusal = JSONResponse({"detail": "send a Content-Length header"}, status_code=411)
+            elif not length.isdigit() or int(length) > config.MAX_UPLOAD_BYTES + 64 * 1024:  # + the form's fields
+                refusal = JSONResponse({"detail": f"the image is over the {config.MAX_UPLOAD_BYTES // 2**20} MB "
+                                                  "upload limit"}, status_code=413)
+            else:
+                refusal = None
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def create_router(engine: SearchEngine, limiter: RateLimiter,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from threading import Lock
 
@@ -58,14 +59,21 @@ class TextVectors:
         self._seen: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = Lock()
         self.batcher: MicroBatcher[str, np.ndarray] = MicroBatcher(self._encode, max_batch)
+        self._second_core = ThreadPoolExecutor(1, thread_name_prefix="text-encoder")
 
     def _encode(self, texts: list[str]) -> list[np.ndarray]:
-        """One encoder forward for the texts not remembered yet (another batch may just have done some)."""
+        """One encoder forward for the texts not remembered yet (another batch may just have done some); two
+        or more are split in two halves encoded side by side, one per core (a query and its rephrasing: the
+        wait of one text, not two; one forward's own threads gain less on such small products)."""
         with self._lock:
             known = {t: self._seen[t] for t in texts if t in self._seen}
         missing = [t for t in texts if t not in known]
         if missing:
-            fresh = self.encoder.encode_texts(missing)
+            ordered = sorted(missing, key=len)  # alternate by length: halves of about equal work
+            first, second = ordered[0::2], ordered[1::2]
+            other = self._second_core.submit(self.encoder.encode_texts, second) if second else None
+            fresh = self.encoder.encode_texts(first)
+            fresh, missing = (fresh if other is None else np.concatenate([fresh, other.result()])), first + second
             with self._lock:
                 for t, v in zip(missing, fresh):
                     self._seen[t] = known[t] = v

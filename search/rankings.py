@@ -132,11 +132,15 @@ def collapse_groups(vectors: np.ndarray, quality: np.ndarray, threshold: float, 
     if pixels is not None:
         close |= (pixels @ pixels.T) >= pixel_threshold
     quality = np.asarray(quality, np.float64)
+    alone = close.sum(1) <= 1   # close to nothing but itself (most candidates): its own group, no search
     grouped = np.zeros(n, bool)
     kept: list[int] = []
     dropped: list[int] = []
     for i in range(n):
         if grouped[i]:
+            continue
+        if alone[i]:
+            kept.append(i)
             continue
         group = np.flatnonzero(close[i] & ~grouped)
         group = group[group >= i]

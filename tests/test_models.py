@@ -276,7 +276,12 @@ def test_lite_text_tower_equals_transformers_bert() -> None:
         hidden = bert(**batch).last_hidden_state
     mask = batch["attention_mask"].unsqueeze(-1).float()
     want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-    np.testing.assert_allclose(TextTower()(texts).numpy(), want.numpy(), atol=1e-5)
+    tower = TextTower()
+    np.testing.assert_allclose(tower(texts).numpy(), want.numpy(), atol=1e-5)
+    # texts packed side by side in rows attend to themselves only (here also rows of one text, several passes)
+    short = texts[:3] * 2
+    np.testing.assert_allclose(tower(short, row_tokens=8, rows_per_pass=2).numpy(),
+                               np.concatenate([want.numpy()[:3]] * 2), atol=1e-5)
 
 
 @pytest.mark.slow

@@ -1,0 +1,118 @@
+"""The query path's concurrency: micro-batched texts, a query's texts encoded on both cores, a sketch's two late
+passes side by side. Each must give exactly what the plain sequential computation gives."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from search.batching import MicroBatcher
+from search.pipeline import TextVectors
+from tests.conftest import pencil_sketch, photo
+
+
+def test_concurrent_callers_share_calls_and_each_gets_its_own_values() -> None:
+    seen: list[list[int]] = []
+
+    def slow_square(keys: list[int]) -> list[int]:
+        seen.append(list(keys))
+        time.sleep(0.05)  # while one call runs, the other callers queue up
+        return [k * k for k in keys]
+
+    batcher = MicroBatcher(slow_square, max_batch=64)
+    results: dict[int, list[int]] = {}
+    start = threading.Barrier(16)
+
+    def ask(i: int) -> None:
+        start.wait()
+        results[i] = batcher([i, 100 + i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == {i: [i * i, (100 + i) ** 2] for i in range(16)}
+    assert batcher.calls == len(seen) < 16            # shared calls, not one per caller
+    assert sorted(k for call in seen for k in call) == sorted(k for i in range(16) for k in (i, 100 + i))
+
+
+def test_a_bad_key_fails_only_its_own_caller() -> None:
+    def check(keys: list[str]) -> list[str]:
+        time.sleep(0.02)
+        if "bad" in keys:
+            raise ValueError("bad key")
+        return [k.upper() for k in keys]
+
+    batcher = MicroBatcher(check)
+    out: dict[str, object] = {}
+
+    def ask(key: str) -> None:
+        try:
+            out[key] = batcher([key])
+        except ValueError as e:
+            out[key] = e
+
+    threads = [threading.Thread(target=ask, args=(k,)) for k in ("a", "bad", "b", "c")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out["a"] == ["A"] and out["b"] == ["B"] and out["c"] == ["C"]
+    assert isinstance(out["bad"], ValueError)
+    assert batcher(["d"]) == ["D"]  # and the next query still works
+
+
+def test_text_vectors_split_over_two_cores_equal_one_forward(default_engine) -> None:  # noqa: ANN001
+    """TextVectors encodes a query's texts in two halves side by side: the vectors, in the caller's order,
+    are the encoder's own (odd counts, repeats and remembered texts included)."""
+    encoder = default_engine.encoder
+    texts = ["a red cup on a table", "a red cup on a table, a beautiful high-quality photo", "a cat",
+             "an astronaut riding a horse on the moon at night", "a cat", "coffee"]
+    want = encoder.encode_texts(texts)
+    vectors = TextVectors(encoder)
+    np.testing.assert_allclose(np.stack(vectors(texts)), want, atol=1e-5)
+    np.testing.assert_allclose(np.stack(vectors(texts[::-1] + ["a dog"])),
+                               np.concatenate([want[::-1], encoder.encode_texts(["a dog"])]), atol=1e-5)
+
+
+def test_text_vectors_of_concurrent_queries_equal_sequential_ones(default_engine) -> None:  # noqa: ANN001
+    encoder = default_engine.encoder
+    queries = [[f"a {c} bicycle", f"a {c} bicycle, a beautiful high-quality photo"]
+               for c in ("red", "blue", "green", "old", "small", "wooden", "shiny", "tiny")]
+    vectors = TextVectors(encoder)
+    got: dict[int, list[np.ndarray]] = {}
+    start = threading.Barrier(len(queries))
+
+    def ask(i: int) -> None:
+        start.wait()
+        got[i] = vectors(queries[i])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, q in enumerate(queries):
+        np.testing.assert_allclose(np.stack(got[i]), encoder.encode_texts(q), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["coffee.png", "chelsea.png"])
+def test_a_conditioned_query_equals_its_two_late_passes_run_in_turn(default_engine, name: str) -> None:  # noqa: ANN001
+    """encode_query_tensors runs the frozen and the style-adapted late passes on two threads; the vector is the
+    one the two passes give run one after the other."""
+    from models.lite import late_outputs, shallow_maps
+
+    enc = default_engine.encoder
+    pixels = enc.preprocess(pencil_sketch(photo(name)))[None]
+    got, probs = enc.encode_query_tensors(pixels)
+    with torch.inference_mode():
+        maps = shallow_maps(enc.image_tower, pixels)
+        frozen = late_outputs(enc.image_tower, maps[-1])
+        adapted = late_outputs(enc.image_tower, maps[-1], enc.adapters, torch.from_numpy(probs))
+        emb = enc.heads.embed_image(adapted, frozen)
+        want = (emb if enc.gate is None else enc.gate.pad_query(emb)).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
