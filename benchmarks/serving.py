@@ -146,8 +146,8 @@ class Server:
                                      stderr=subprocess.STDOUT)
         self._lines_read = 0
         # /search's inputs after the text: the app's sketch, upload, image source, text weight, k, aesthetic weight,
-        # rephrase, dedup, show scores, state (gradio_client fills in all but the first two itself)
-        self.inputs = [None, None, "Sketch", 0.5, K, 0.5, True, True, False, None] if name == "app" else []
+        # rephrase, dedup, show scores, minimum look, style, state (gradio_client fills in all but the first two)
+        self.inputs = [None, None, "Sketch", 0.5, K, 0.5, True, True, False, 0, "any", None] if name == "app" else []
 
     def wait(self) -> Server:
         wait_up(self.url, self.proc, self.log)

@@ -17,7 +17,7 @@ from search.index.gallery_index import BuildReport, GalleryIndex, build_index, r
 from search.index.sources import read_source
 from search.pipeline import EncodedQuery, TextVectors, encode_query, rank_query
 from search.rankings import RankSettings, blend_rephrasing, rephrase_weight
-from search.types import GalleryItem, Hit, Query, Skipped
+from search.types import GalleryItem, Hit, ImageFilter, Query, Skipped
 
 if TYPE_CHECKING:
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from search.rephrase import Rephraser, Rephrasing
 
 log = logging.getLogger(__name__)
+NO_FILTER = ImageFilter()
 
 
 @dataclass(frozen=True)
@@ -105,30 +106,33 @@ class SearchEngine:
         """A query -> unit vectors, one per text variant (default: its own text); see pipeline.encode_query."""
         return encode_query(self.encoder, query, texts, style, self.text_vectors)
 
-    def search(self, query: Query, k: int = 12, ranking: str = "baseline",
-               settings: RankSettings | None = None) -> list[Hit]:
+    def search(self, query: Query, k: int = 12, ranking: str = "baseline", settings: RankSettings | None = None,
+               image_filter: ImageFilter = NO_FILTER) -> list[Hit]:
         settings = replace(settings or RankSettings(), k=k)
         encoded = self.encode(query)
-        return rank_query(ranking, encoded.vector, encoded, query, self.gallery, settings, self.encoder.query_bank)
+        return rank_query(ranking, encoded.vector, encoded, query, self.gallery.where(image_filter), settings,
+                          self.encoder.query_bank)
 
     def compare(self, query: Query, settings: RankSettings | None = None, rephrase: bool = True,
-                style: bool = True) -> Comparison:
-        """The baseline and the aesthetically-aligned ranking of one query, side by side.
+                style: bool = True, image_filter: ImageFilter = NO_FILTER) -> Comparison:
+        """The baseline and the aesthetically-aligned ranking of one query, side by side, among the images
+        that pass `image_filter`.
 
         The aligned side searches with the rephrased text (when there is text and `rephrase`); the image is
         encoded once and both texts in one batch."""
         t0 = time.perf_counter()
         settings = settings or RankSettings()
+        gallery = self.gallery.where(image_filter)
         from search.rephrase import rephrase as rephrase_text
 
         rephrasing = rephrase_text(self.rephraser, query.text) if rephrase and query.text else None
         texts = [query.text, rephrasing.rephrased] if rephrasing and rephrasing.rephrased != query.text else []
         encoded = self.encode(query, texts, style)
-        rank = functools.partial(rank_query, encoded=encoded, query=query, gallery=self.gallery, settings=settings,
+        rank = functools.partial(rank_query, encoded=encoded, query=query, gallery=gallery, settings=settings,
                                  bank=self.encoder.query_bank)
         baseline_hits = rank("baseline", encoded.vectors[0])
         aligned_hits = rank("aligned", blend_rephrasing(encoded.vectors[0], encoded.vectors[-1],
-                                                        rephrase_weight(self.gallery, settings)))
+                                                        rephrase_weight(gallery, settings)))
         return Comparison(query, encoded.style, rephrasing, tuple(baseline_hits), tuple(aligned_hits),
                           time.perf_counter() - t0)
 

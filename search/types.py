@@ -55,3 +55,45 @@ class Skipped:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class ImageFilter:
+    """Which gallery images a search may return: the page's and the REST API's filters. Each index backend
+    applies it its own way (GalleryIndex.where: rows hidden from the FAISS search; Milvus: `expression()`,
+    run inside the database). Values are checked here, so an expression never carries a visitor's text."""
+
+    style: str | None = None            # only images whose detected style (the row's "style") is this
+    min_aesthetic: float | None = None  # only images scored at least this (the scorer's raw score)
+
+    def __post_init__(self) -> None:
+        from models.style import STYLES
+
+        if self.style is not None and self.style not in STYLES:
+            raise ValueError(f"style must be one of {', '.join(STYLES)}, got {str(self.style)[:20]!r}")
+        if self.min_aesthetic is not None:
+            value = float(self.min_aesthetic)
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError("min_aesthetic must be a finite number")
+            object.__setattr__(self, "min_aesthetic", value)
+
+    @property
+    def active(self) -> bool:
+        return self.style is not None or self.min_aesthetic is not None
+
+    def allows(self, row: dict) -> bool:
+        """Whether an index row (its stored fields) passes."""
+        aesthetic = row.get("aesthetic")
+        return ((self.style is None or row_style(row) == self.style)
+                and (self.min_aesthetic is None or (aesthetic is not None and aesthetic >= self.min_aesthetic)))
+
+    def expression(self) -> str:
+        """The same filter as a Milvus boolean expression over the collection's fields ("" for none)."""
+        parts = ([f'style == "{self.style}"'] if self.style is not None else []) + (
+            [f"aesthetic >= {self.min_aesthetic!r}"] if self.min_aesthetic is not None else [])
+        return " and ".join(parts)
+
+
+def row_style(row: dict) -> str | None:
+    """An index row's detected style: a Milvus field, or kept with a FAISS row's other metadata."""
+    return row.get("style") or (row.get("extra") or {}).get("style")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import struct
@@ -66,6 +67,23 @@ def test_text_search_returns_two_rankings_of_k_results(app: App, tmp_path: Path)
     assert all(" · relevance" not in r["caption"] for r in a + b)
 
 
+def test_the_look_filter_shows_only_the_best_looking_images_on_both_sides(app: App) -> None:
+    (meta,) = app.cache_dir.glob("indexes/*/index.json")
+    snapshot = meta.parent / json.loads(meta.read_text())["snapshot"]
+    rows = [json.loads(line) for line in (snapshot / "items.jsonl").read_text().splitlines() if line.strip()]
+    scores = sorted(r["aesthetic"] for r in rows)
+    best = {r["id"] for r in rows if r["aesthetic"] >= scores[len(scores) // 2]}   # the better-looking half
+    c = client(app)
+    a, b, info, _ = search(c, "a cat", min_look=50)
+    assert set(ids(app, a)) == set(ids(app, b)) == best
+    with pytest.raises(AppError, match="greater than maximum"):  # the slider refuses it (to_filter too)
+        search(c, "a cat", min_look=150)
+    with pytest.raises(AppError, match="not in the list of choices"):
+        search(c, "a cat", style="'); drop table")
+    a, _, _, _ = search(c, "a cat")  # the next good query still works, unfiltered
+    assert len(a) == 12
+
+
 def test_image_search_ranks_the_same_photo_first_on_both_sides(app: App) -> None:
     a, b, info, _ = search(client(app), upload=str(SKIMAGE_DATA / "coffee.png"))
     assert ids(app, a)[0] == ids(app, b)[0] == "skimage/coffee"
@@ -103,7 +121,7 @@ def test_a_vote_is_stored_with_everything_the_visitor_was_shown(app: App) -> Non
     assert scores == sorted(scores, reverse=True)  # the baseline is plain kNN, best first
     assert vote.app_version == APP_VERSION and vote.encoder.startswith("lite@") and vote.index
     assert vote.settings == {"k": 6, "aesthetic_weight": 0.7, "rephrase": True, "dedup": False,
-                             "show_scores": False, "text_weight": 0.5}
+                             "show_scores": False, "min_look": 0, "style": "any", "text_weight": 0.5}
     assert vote.session and start - 1 <= vote.time <= time.time() + 1
     # the reveal names the side the store recorded as baseline
     match = REVEAL.search(reveal)

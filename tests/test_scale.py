@@ -200,6 +200,34 @@ def test_filters_run_in_the_database(local_shards: Path, tmp_path: Path) -> None
     engine.gallery.close()
 
 
+def test_the_pages_filters_give_the_same_images_in_milvus_and_faiss(local_shards: Path, tmp_path: Path) -> None:
+    """An ImageFilter (the page's "only this style" and "look at least"): run inside Milvus as an expression,
+    over a FAISS index as hidden rows; both return the same images, all passing it, and nothing else."""
+    from models.style import STYLES
+    from search.engine import SearchEngine
+    from search.index.shards import write_faiss_index
+    from search.types import ImageFilter, Query
+
+    shards = read_shards(local_shards)
+    built, _ = build_milvus(shards, f"milvus:{tmp_path / 'p.db'}", "FLAT")
+    built.close()
+    write_faiss_index(shards, tmp_path / "faiss")
+    milvus, faiss = SearchEngine.open(f"milvus:{tmp_path / 'p.db'}"), SearchEngine.open(tmp_path / "faiss")
+    scores = sorted(r["aesthetic"] for r in shards.rows)
+    styles = [r["style"] for r in shards.rows]
+    common, absent = max(set(styles), key=styles.count), next(s for s in STYLES if s not in styles)
+    for only in (ImageFilter(min_aesthetic=scores[len(scores) // 2]), ImageFilter(style=absent),
+                 ImageFilter(style=common, min_aesthetic=scores[len(scores) // 3])):
+        want = {r["id"] for r in shards.rows if only.allows(r)}
+        assert len(want) < N_IMAGES
+        for ranking in ("baseline", "aligned"):
+            found = [[h.item.id for h in e.search(Query("a photo"), N_IMAGES, ranking, image_filter=only)]
+                     for e in (milvus, faiss)]
+            assert set(found[0]) == set(found[1]) == want, (only, ranking)
+        assert len(faiss.compare(Query("a cat"), image_filter=only).aligned) == min(12, len(want))
+    milvus.gallery.close()
+
+
 def replace_gallery(engine, expression: str):  # noqa: ANN001, ANN201
     from dataclasses import replace
 

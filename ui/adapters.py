@@ -15,10 +15,11 @@ from search import config
 from search.engine import SearchEngine
 from search.index.images import ImageLoadError, load_image, shrink
 from search.style_text import text_style_caption
-from search.types import Hit, Query
+from search.types import Hit, ImageFilter, Query, row_style
 from search.votes.store import RankedId, Vote
 
 CHOICE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+ANY_STYLE = "any"
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,30 @@ def to_gallery(hits: tuple[Hit, ...], show_scores: bool,
                percentile: Callable[[float], int] | None = None) -> list[tuple[str, str]]:
     """Hits -> gr.Gallery value: (thumbnail file, caption) in rank order (only thumbnails are ever served)."""
     return [(str(h.item.thumbnail), caption(h, show_scores, percentile)) for h in hits]
+
+
+def has_styles(engine: SearchEngine) -> bool:
+    """Whether the gallery's rows carry a detected style (indexes built from embedded shards do)."""
+    rows = engine.gallery.rows
+    return any(row_style(rows[i]) for i in range(min(len(rows), 5)))
+
+
+def to_filter(style: str | None, min_look: float | None, scores: np.ndarray) -> ImageFilter:
+    """The page's filter controls -> an ImageFilter. `min_look`: a percentile (0-100) of the gallery's aesthetic
+    scores (`scores`, sorted), made a score threshold; 0, or a gallery without scores: no threshold."""
+    if style is not None and not isinstance(style, str):
+        raise RequestError("the style must be a string")
+    try:
+        look = float(min_look or 0)
+    except (TypeError, ValueError):
+        raise RequestError("the minimum look must be a number from 0 to 100") from None
+    if not 0 <= look <= 100:
+        raise RequestError(f"the minimum look must be from 0 to 100, got {look:g}")
+    threshold = float(np.quantile(scores, look / 100)) if look > 0 and len(scores) else None
+    try:
+        return ImageFilter(None if style in (None, "", ANY_STYLE) else style, threshold)
+    except ValueError as e:
+        raise RequestError(str(e)) from None
 
 
 def percentiles(scores: list[float]) -> Callable[[float], int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import urlsplit
 
 import gradio as gr
+import numpy as np
 
 from search import config
 from search.api import search_json
@@ -23,7 +24,18 @@ from search.types import Query
 from search.votes.arena import System, compare_pair, draw_pair, reveal, shown_sides
 from search.votes.store import CHOICES, ImageQuotaExceeded, VoteStore
 
-from .adapters import CHOICE_LABELS, RequestError, Shown, describe, percentiles, to_gallery, to_query, to_vote, visitor
+from .adapters import (
+    CHOICE_LABELS,
+    RequestError,
+    Shown,
+    describe,
+    percentiles,
+    to_filter,
+    to_gallery,
+    to_query,
+    to_vote,
+    visitor,
+)
 from .components import user_error
 
 log = logging.getLogger("app")
@@ -54,10 +66,11 @@ def guarded(handler: Callable, limiter: RateLimiter) -> Callable:
     return run
 
 
-def settings_of(k: int, aesthetic_weight: float, rephrase: bool, dedup: bool, show_scores: bool, **extra) -> dict:
-    """The settings a search ran with, as a vote stores them."""
+def settings_of(k: int, aesthetic_weight: float, rephrase: bool, dedup: bool, show_scores: bool, min_look: float,
+                style: str | None, **extra) -> dict:
+    """The settings a search ran with, as a vote stores them (filters included)."""
     return {"k": int(k), "aesthetic_weight": float(aesthetic_weight), "rephrase": bool(rephrase),
-            "dedup": bool(dedup), "show_scores": bool(show_scores), **extra}
+            "dedup": bool(dedup), "show_scores": bool(show_scores), "min_look": min_look, "style": style, **extra}
 
 
 class Handlers:
@@ -73,22 +86,29 @@ class Handlers:
         self._warm = threading.Event()
 
     @functools.cached_property
+    def scores(self) -> np.ndarray:
+        """The gallery's aesthetic scores, sorted (read once, at first use)."""
+        return np.sort([r["aesthetic"] for r in self.engine.gallery.rows if r.get("aesthetic") is not None])
+
+    @functools.cached_property
     def percentile(self) -> Callable[[float], int]:
-        """Aesthetic score -> percentile among the gallery's images (read once, at first use)."""
-        return percentiles([r["aesthetic"] for r in self.engine.gallery.rows if r.get("aesthetic") is not None])
+        """Aesthetic score -> percentile among the gallery's images."""
+        return percentiles(self.scores.tolist())
 
     def answer(self, query: Query, settings: dict, previous: Shown | None) -> tuple:
         if self.refuse is not None and query.image is not None:
             self.refuse(query.image)
         ranks = RankSettings(k=settings["k"], aesthetic_weight=settings["aesthetic_weight"], dedup=settings["dedup"])
+        only = to_filter(settings["style"], settings["min_look"], self.scores)
         session = previous.session if previous else uuid.uuid4().hex
         image = to_webp(query.image) if query.image is not None else None
         if self.arena is None:
-            c = self.engine.compare(query, ranks, rephrase=settings["rephrase"])
+            c = self.engine.compare(query, ranks, rephrase=settings["rephrase"], image_filter=only)
             state = Shown(session, query.text, image, c.rephrasing.rephrased if c.rephrasing else None, c.style,
                           c.baseline, c.aligned, self.side_of.choice("AB"), settings)
         else:  # listed-first system as "baseline", so Shown.side() and the vote read as in the default app
-            c = compare_pair(self.engines, draw_pair(self.arena, self.side_of), query, ranks, settings["rephrase"])
+            c = compare_pair(self.engines, draw_pair(self.arena, self.side_of), query, ranks, settings["rephrase"],
+                             only)
             side, first, other = shown_sides(c, self.arena)
             state = Shown(session, query.text, image, c.rephrased, c.style, first, other, side, settings,
                           systems=c.systems, encoder=c.encoder, index=c.index)
@@ -111,14 +131,15 @@ class Handlers:
         return tuple(to_gallery(state.side(s), show_scores, self.percentile) for s in "AB")
 
     def search(self, text: str, sketch: dict | None, upload: str | None, source: str, text_weight: float, k: int,
-               aesthetic_weight: float, rephrase: bool, dedup: bool, show_scores: bool, previous: Shown | None,
-               request: gr.Request = None) -> tuple:
+               aesthetic_weight: float, rephrase: bool, dedup: bool, show_scores: bool, min_look: float,
+               style: str | None, previous: Shown | None, request: gr.Request = None) -> tuple:
         query = to_query(text, sketch, upload, source, float(text_weight))
-        return self.answer(query, settings_of(k, aesthetic_weight, rephrase, dedup, show_scores,
+        return self.answer(query, settings_of(k, aesthetic_weight, rephrase, dedup, show_scores, min_look, style,
                                               text_weight=float(text_weight)), previous)
 
     def more_like_this(self, item_id: str, k: int, aesthetic_weight: float, rephrase: bool, dedup: bool,
-                       show_scores: bool, previous: Shown | None, request: gr.Request = None) -> tuple:
+                       show_scores: bool, min_look: float, style: str | None, previous: Shown | None,
+                       request: gr.Request = None) -> tuple:
         gallery = self.engine.gallery
         row = gallery.row_of(item_id) if isinstance(item_id, str) else None
         if row is None or gallery.is_flagged(row):
@@ -126,7 +147,8 @@ class Handlers:
         item = gallery.item(row)  # a published index has thumbnails, not always the originals
         source = item.path if item.path.is_file() or item.thumbnail is None else item.thumbnail
         query = Query(image=load_image(source, max_side=config.QUERY_MAX_SIDE))
-        return self.answer(query, settings_of(k, aesthetic_weight, rephrase, dedup, show_scores, more_like=item_id),
+        return self.answer(query, settings_of(k, aesthetic_weight, rephrase, dedup, show_scores, min_look, style,
+                                              more_like=item_id),
                            previous)
 
     def vote(self, choice: str, state: Shown | None, agreed: bool, request: gr.Request = None) -> tuple:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import gradio as gr
 
+from models.style import STYLES
 from search import config
 from search.engine import SearchEngine
 from search.votes.report import LiveResults
 from search.votes.store import CHOICES, VoteStore
 
-from .adapters import CHOICE_LABELS, Shown
+from .adapters import ANY_STYLE, CHOICE_LABELS, Shown, has_styles
 from .components import ImageUpload, Sketchpad
 from .handlers import Handlers, Limits, guarded
 
@@ -83,6 +84,13 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
                             show_scores = gr.Checkbox(False, label="Show relevance and aesthetic scores",
                                                       info="relevance: cosine similarity to the query (-1 to 1); "
                                                            "aesthetic: percentile among this gallery's images")
+                            # filters (both sides): shown when the index holds what they read
+                            min_look = gr.Slider(0, 90, value=0, step=10, label="Only images that look at least",
+                                                 info="this aesthetic percentile of the gallery (0: every image)",
+                                                 visible=len(h.scores) > 1)
+                            style_only = gr.Dropdown([ANY_STYLE, *STYLES], value=ANY_STYLE, label="Only this style",
+                                                     info="the style detected when the images were indexed",
+                                                     visible=has_styles(engine))
                     with gr.Column(scale=5):
                         with gr.Row():
                             gallery_a, gallery_b = (
@@ -104,7 +112,7 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         picked = gr.Textbox(visible=False)  # the id of a clicked result, for "more like this"
 
         # ------------------------------------------------------------ wiring
-        settings_in = [k, aesthetic_weight, rephrase, dedup, show_scores]
+        settings_in = [k, aesthetic_weight, rephrase, dedup, show_scores, min_look, style_only]
         outputs = [gallery_a, gallery_b, info, shown, reveal, *vote_btns.values()]
         # search, more like this and vote share one pool of workers: together they never run more than this
         heavy = {"concurrency_id": "heavy", "concurrency_limit": limits.concurrency}

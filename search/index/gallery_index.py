@@ -14,6 +14,7 @@ interrupted run (even `kill -9`) leaves the previous index intact and its work i
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 from search.index import pixel_signature
 from search.index.faiss_index import IndexSpec, VectorIndex, auto_spec
 from search.index.images import iter_batches
-from search.types import GalleryItem, Hit, Skipped
+from search.types import GalleryItem, Hit, ImageFilter, Skipped
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,21 @@ class GalleryIndex:
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def where(self, image_filter: ImageFilter) -> GalleryIndex:
+        """This gallery as searches see it when they may return only images that pass `image_filter`: the
+        others are hidden as flagged rows are (UnflaggedIndex). Views are kept, one per filter."""
+        if not image_filter.active:
+            return self
+        views = self.__dict__.setdefault("_views", {})
+        if image_filter not in views:
+            view = copy.copy(self)
+            view.flagged_rows = self.flagged_rows | {i for i, r in enumerate(self.rows) if not image_filter.allows(r)}
+            inner = self.index.inner if isinstance(self.index, UnflaggedIndex) else self.index
+            view.index = UnflaggedIndex(inner, view.flagged_rows) if view.flagged_rows else inner
+            view.__dict__.pop("_views")
+            views[image_filter] = view
+        return views[image_filter]
 
     @property
     def flagged_count(self) -> int:

@@ -34,7 +34,7 @@ import numpy as np
 
 from search.index.faiss_index import EXACT_MAX
 from search.index.gallery_index import GalleryIndex, IndexMeta, IndexMismatchError
-from search.types import GalleryItem
+from search.types import GalleryItem, ImageFilter
 
 if TYPE_CHECKING:
     from models import Encoder
@@ -512,6 +512,12 @@ class MilvusGallery(GalleryIndex):
         """The same collection, every search narrowed by a Milvus filter expression (None: no filter)."""
         return MilvusGallery(self.target, self.client, self.meta, self.spec, self.root, len(self.rows),
                              self.flagged_rows, expression)
+
+    def where(self, image_filter: ImageFilter) -> MilvusGallery:
+        """Searches narrowed by `image_filter` inside the database (with this gallery's own filter, if any)."""
+        if not image_filter.active:
+            return self
+        return self.filtered(" and ".join(f"({e})" for e in (self.filter_expr, image_filter.expression()) if e))
 
 
 def open_gallery(target: MilvusTarget | str, encoder: Encoder | None = None, client=None) -> MilvusGallery:  # noqa: ANN001

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING, Any
 
+from search.types import ImageFilter
+
 if TYPE_CHECKING:
     from search.engine import SearchEngine
     from search.rankings import RankSettings
@@ -207,9 +209,10 @@ class PairComparison:
 
 
 def run_system(engine: SearchEngine, system: System, query: Query, settings: RankSettings,
-               rephrase: bool = True) -> tuple[tuple[Hit, ...], str | None, str | None]:
+               rephrase: bool = True, image_filter: ImageFilter | None = None,
+               ) -> tuple[tuple[Hit, ...], str | None, str | None]:
     """(hits, rephrased text or None, detected style) of one system for one query, as SearchEngine.compare
-    ranks each of its sides (same encoding, same rank_queries path)."""
+    ranks each of its sides (same encoding, same rank_queries path), among images passing `image_filter`."""
     from search.pipeline import rank_query
     from search.rankings import blend_rephrasing, rephrase_weight
     from search.rephrase import rephrase as rephrase_text
@@ -221,18 +224,21 @@ def run_system(engine: SearchEngine, system: System, query: Query, settings: Ran
             texts, rephrased = [query.text, r.rephrased], r.rephrased
     base = engine.encode(query, texts)
     settings = system.rank_settings(settings)
-    vector = blend_rephrasing(base.vectors[0], base.vectors[-1], rephrase_weight(engine.gallery, settings))
-    hits = rank_query(system.ranking, vector, base, query, engine.gallery, settings, engine.encoder.query_bank)
+    gallery = engine.gallery.where(image_filter or ImageFilter())
+    vector = blend_rephrasing(base.vectors[0], base.vectors[-1], rephrase_weight(gallery, settings))
+    hits = rank_query(system.ranking, vector, base, query, gallery, settings, engine.encoder.query_bank)
     return tuple(hits), rephrased, base.style
 
 
 def compare_pair(engines: Mapping[str, SearchEngine], pair: tuple[System, System], query: Query,
-                 settings: RankSettings, rephrase: bool = True) -> PairComparison:
+                 settings: RankSettings, rephrase: bool = True, image_filter: ImageFilter | None = None,
+                 ) -> PairComparison:
     """Both sides of a drawn pair; `engines`: encoder name -> its SearchEngine (see `engines_for`)."""
     t0 = time.perf_counter()
     sides, styles = [], []
     for system in pair:
-        hits, rephrased, style = run_system(engines[system.encoder], system, query, settings, rephrase)
+        hits, rephrased, style = run_system(engines[system.encoder], system, query, settings, rephrase,
+                                            image_filter)
         sides.append(SideResult(system, hits, rephrased))
         styles.append(style)
     used = list(dict.fromkeys(s.encoder for s in pair))
