@@ -134,8 +134,12 @@ def main(argv: list[str] | None = None) -> None:
     # Originals, index files and whatever lies beside a gallery never are.
     galleries = [e.gallery for e in engines.values()]
     flagged = [str(g.item(r).thumbnail) for g in galleries for r in g.flagged_rows if g.item(r).thumbnail]
+    thumbs = [str(g.root / "thumbs") for g in galleries]
     serve = {"max_file_size": config.MAX_UPLOAD_BYTES, "blocked_paths": flagged, "css": CSS, "js": BRUSH_READY,
-             "allowed_paths": [str(g.root / "thumbs") for g in galleries] + [str(ASSETS_DIR / "examples")]}
+             "allowed_paths": [*thumbs, str(ASSETS_DIR / "examples")]}
+    # thumbnails are served where they are, not hashed and copied into Gradio's cache with every answer (blocked
+    # paths are still checked first)
+    gr.set_static_paths(thumbs)
     if args.share:  # a gradio.live link serves the page and its API only (no REST routes through the tunnel)
         demo.launch(server_name=args.host, server_port=args.port, share=True, **serve)
         return
