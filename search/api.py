@@ -19,11 +19,11 @@ from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Upload
 from fastapi.responses import FileResponse, JSONResponse
 
 from search import config
-from search.engine import SearchEngine
+from search.engine import NO_FILTER, SearchEngine
 from search.index.images import ImageLoadError, load_image
 from search.limits import RateLimited, RateLimiter
 from search.rankings import RankSettings
-from search.types import Hit
+from search.types import Hit, ImageFilter
 from search.types import Query as SearchQuery
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,10 @@ def hit_json(hit: Hit, base_url: str) -> dict:
                           hit.item.caption or hit.item.label, f"{base_url}api/thumbnail/{hit.item.id}"))
 
 
-def search_json(engine: SearchEngine, query: SearchQuery, k: int, ranking: str, base_url: str) -> dict:
+def search_json(engine: SearchEngine, query: SearchQuery, k: int, ranking: str, base_url: str,
+                image_filter: ImageFilter = NO_FILTER) -> dict:
     """One query -> {"query", "ranking", "style", "rephrased", "seconds", "hits"}: the app's own ranking path."""
-    c = engine.compare(query, RankSettings(k=k), rephrase=ranking == "aligned")
+    c = engine.compare(query, RankSettings(k=k), rephrase=ranking == "aligned", image_filter=image_filter)
     hits = c.aligned if ranking == "aligned" else c.baseline
     return {"query": {"text": query.text, "image": query.image is not None}, "ranking": ranking, "style": c.style,
             "rephrased": c.rephrasing.rephrased if c.rephrasing and ranking == "aligned" else None,
@@ -102,27 +103,31 @@ def create_router(engine: SearchEngine, limiter: RateLimiter,
             raise HTTPException(400, f"the text is {len(text):,} characters long; at most "
                                      f"{config.MAX_TEXT_CHARS:,} are searched")
 
-    def answer(query_args: dict, k: int, ranking: str, request: Request) -> JSONResponse:
+    def answer(query_args: dict, k: int, ranking: str, request: Request, style: str | None,
+               min_aesthetic: float | None) -> JSONResponse:
         try:
             query = SearchQuery(**query_args)
+            only = ImageFilter(style, min_aesthetic)
             if query.image is not None and check_image is not None:
                 check_image(query.image)
-            return JSONResponse(search_json(engine, query, k, ranking, str(request.base_url)))
+            return JSONResponse(search_json(engine, query, k, ranking, str(request.base_url), only))
         except (ValueError, ImageLoadError) as e:
             raise HTTPException(400, str(e)) from e
 
     @router.get("/search")
     def get_search(request: Request, text: Annotated[str, Query(description="what to look for")],
-                   k: int = config.DEFAULT_TOP_K, ranking: str = "aligned") -> JSONResponse:
-        """Hits for a text query."""
+                   k: int = config.DEFAULT_TOP_K, ranking: str = "aligned", style: str | None = None,
+                   min_aesthetic: float | None = None) -> JSONResponse:
+        """Hits for a text query; `style` and `min_aesthetic` (a raw aesthetic score) filter the images."""
         checked(text, k, ranking, request)
-        return answer({"text": text}, k, ranking, request)
+        return answer({"text": text}, k, ranking, request, style, min_aesthetic)
 
     @router.post("/search")
     def post_search(request: Request, image: Annotated[UploadFile, File()],
                     text: Annotated[str | None, Form()] = None, k: Annotated[int, Form()] = config.DEFAULT_TOP_K,
                     ranking: Annotated[str, Form()] = "aligned",
-                    text_weight: Annotated[float, Form()] = 0.5) -> JSONResponse:
+                    text_weight: Annotated[float, Form()] = 0.5, style: Annotated[str | None, Form()] = None,
+                    min_aesthetic: Annotated[float | None, Form()] = None) -> JSONResponse:
         """Hits for an image query (a sketch, an artwork, a low-res or any photo), optionally with text."""
         checked(text, k, ranking, request)
         data = image.file.read(config.MAX_UPLOAD_BYTES + 1)
@@ -136,7 +141,8 @@ def create_router(engine: SearchEngine, limiter: RateLimiter,
                 picture = load_image(f.name, max_side=config.QUERY_MAX_SIDE)
             except ImageLoadError as e:
                 raise HTTPException(400, f"{name}: {e.reason.replace(f.name, name)}") from e
-        return answer({"text": text, "image": picture, "text_weight": text_weight}, k, ranking, request)
+        return answer({"text": text, "image": picture, "text_weight": text_weight}, k, ranking, request, style,
+                      min_aesthetic)
 
     @router.get("/thumbnail/{item_id:path}")
     def thumbnail(item_id: str) -> FileResponse:

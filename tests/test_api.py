@@ -38,7 +38,18 @@ def test_post_search_with_an_image(app: App) -> None:
     assert [h["id"] for h in r.json()["hits"]][0] == "skimage/coffee" and r.json()["style"].startswith("photo")
 
 
+def test_get_search_filters_by_aesthetic_score(app: App) -> None:
+    every = httpx.get(f"{app.url}api/search", params={"text": "a cat", "k": 20, "ranking": "baseline"},
+                      timeout=60).json()["hits"]
+    cut = sorted(h["aesthetic"] for h in every)[len(every) // 2]
+    r = httpx.get(f"{app.url}api/search", params={"text": "a cat", "k": 20, "min_aesthetic": cut}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert {h["id"] for h in r.json()["hits"]} == {h["id"] for h in every if h["aesthetic"] >= cut}
+
+
 @pytest.mark.parametrize(("request_args", "status", "message"), [
+    ({"params": {"text": "a cat", "style": "anything"}}, 400, "style must be one of"),
+    ({"params": {"text": "a cat", "min_aesthetic": "nan"}}, 400, "finite number"),
     ({"params": {"text": "a cat", "ranking": "best"}}, 400, "ranking must be one of baseline, aligned"),
     ({"params": {"text": "a cat", "k": 0}}, 400, r"k must be in 1..100"),
     ({"params": {"text": "x" * 1001}}, 400, "at most 1,000 are searched"),
