@@ -136,6 +136,7 @@ class GalleryIndex:
     _direction: np.ndarray | None = None
     _rows_by_id: dict[str, int] | None = None
     _hub: tuple[QueryBank, np.ndarray] | None = None
+    _views: dict[ImageFilter, GalleryIndex] | None = None  # filtered views (`where`)
 
     def __init__(self, root: Path, meta: IndexMeta, rows: Sequence[dict], index: VectorIndex,
                  skipped: list[Skipped], dirs: list[str] | None = None, flagged: Sequence[int] = ()) -> None:
@@ -154,15 +155,16 @@ class GalleryIndex:
         others are hidden as flagged rows are (UnflaggedIndex). Views are kept, one per filter."""
         if not image_filter.active:
             return self
-        views = self.__dict__.setdefault("_views", {})
-        if image_filter not in views:
+        if self._views is None:
+            self._views = {}
+        if image_filter not in self._views:
             view = copy.copy(self)
             view.flagged_rows = self.flagged_rows | {i for i, r in enumerate(self.rows) if not image_filter.allows(r)}
             inner = self.index.inner if isinstance(self.index, UnflaggedIndex) else self.index
             view.index = UnflaggedIndex(inner, view.flagged_rows) if view.flagged_rows else inner
-            view.__dict__.pop("_views")
-            views[image_filter] = view
-        return views[image_filter]
+            view._views = None
+            self._views[image_filter] = view
+        return self._views[image_filter]
 
     @property
     def flagged_count(self) -> int:
