@@ -73,6 +73,9 @@ class SafetyFilter:
         if max_side < 32:
             raise ValueError(f"max_side must be at least 32 pixels, got {max_side}")
         self.threshold, self.label, self.max_side = float(threshold), label, int(max_side)
+        # the arguments that make this filter again elsewhere (a Ray actor loads its own detector)
+        self.settings = {"classes": sorted(self.classes), "threshold": self.threshold, "label": label,
+                         "max_side": self.max_side}
         self._detector = load_detector()
 
     @property

@@ -62,10 +62,8 @@ def _index_from_shards(args: argparse.Namespace) -> int:
 
     shards_dir = Path(args.source)
     if not is_shards_dir(shards_dir):  # images: embed them into shards first (only new or changed ones)
-        if args.safety == "on":
-            raise ValueError("--safety on is not supported when indexing into Milvus yet; build a FAISS index")
         shards_dir = Path(args.shards) if args.shards else _default_shards_dir(args.out)
-        _run_embed(args.source, shards_dir, args.encoder, "local", args.scorer)
+        _run_embed(args.source, shards_dir, args.encoder, "local", args.scorer, safety=args.safety)
     shards = read_shards(shards_dir)
     if str(args.out).startswith("milvus:"):
         from search.index.milvus_index import build_milvus
@@ -113,6 +111,7 @@ def _run_embed(source: str, out: Path, encoder: str, engine: str, scorer: str, *
 
 def _embed(args: argparse.Namespace) -> int:
     _run_embed(args.source, Path(args.out), args.encoder, args.engine, args.scorer, style=args.style == "on",
+               safety=args.safety,
                **given(shard_size=args.shard_size, batch_size=args.batch_size, actors=args.actors,
                        cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
                        address=args.address))
@@ -312,6 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--style", choices=["on", "off"], default="on",
                    help="detect each image's style (photo, sketch, ...) for filters; costs the lite encoder ~45 %% "
                         "more time (default %(default)s)")
+    p.add_argument("--safety", choices=["on", "off"], default="off",
+                   help="nudity filter (pip install nudenet): flagged images are kept in the shards with the reason, "
+                        "and every index built from them hides them (default %(default)s; see docs/safety.md)")
     p.set_defaults(func=_embed)
 
     p = sub.add_parser("query", help="search an index directory from the command line")

@@ -91,6 +91,38 @@ def test_ray_shards_equal_local_shards(ray_cluster, gallery: Path, local_shards:
     assert {p.name for p in (tmp_path / "thumbs").iterdir()} == {p.name for p in (local_shards / "thumbs").iterdir()}
 
 
+def test_safety_flags_made_while_embedding_hide_images_in_every_index(ray_cluster, gallery: Path,
+                                                                      tmp_path: Path) -> None:
+    """`embed --safety on` (here a filter that flags a real photo: FACE_FEMALE, astronaut.png): the flag is in the
+    shards, the same from Ray as locally, and neither a FAISS index nor a Milvus collection built from them
+    returns the image."""
+    from models.safety import SafetyFilter
+    from search.engine import SearchEngine
+    from search.index.shards import write_faiss_index
+    from search.types import Query
+
+    faces = SafetyFilter({"FACE_FEMALE"}, threshold=0.5, label="test")
+    items, _ = read_source(gallery)
+    flags = {}
+    for engine in ("local", "ray"):
+        embed_to_shards(items, tmp_path / engine, "lite", engine=engine, shard_size=SHARD_SIZE, actors=1,
+                        progress=False, safety=faces)
+        flags[engine] = {r["id"]: r["safety"] for r in read_shards(tmp_path / engine).rows}
+    assert flags["local"] == flags["ray"]
+    assert {i for i, why in flags["local"].items() if why} == {"astronaut.png"}
+    assert flags["local"]["astronaut.png"].startswith("test (FACE_FEMALE")
+    shards = read_shards(tmp_path / "local")
+    write_faiss_index(shards, tmp_path / "faiss")
+    built, _ = build_milvus(shards, f"milvus:{tmp_path / 's.db'}", "FLAT")
+    built.close()
+    for index in (tmp_path / "faiss", f"milvus:{tmp_path / 's.db'}"):
+        engine = SearchEngine.open(index)
+        ids = [h.item.id for h in engine.search(Query("an astronaut in a space suit"), k=N_IMAGES)]
+        assert len(ids) == N_IMAGES - 1 and "astronaut.png" not in ids, index
+        if hasattr(engine.gallery, "close"):
+            engine.gallery.close()
+
+
 # ---------------------------------------------------------------- Milvus = FAISS
 def test_milvus_flat_returns_the_same_top10_as_faiss_flat(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)

@@ -94,5 +94,8 @@ def test_train_encoder_writes_heads_the_registry_loads(tiny_data: Path, tmp_path
     # a second run reuses the cached tower outputs (same file, no new rows)
     cache = tmp_path / "cache" / "towers.npz"
     stamp = cache.stat().st_mtime_ns
+    texts = {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("texts-*.npy")}
+    assert len(texts) == 2  # the class prompts and definitions, embedded once
     train_encoder(tiny_data, tmp_path / "heads2.pt", tmp_path / "cache", cfg=TrainConfig(steps=5, batch=16))
     assert cache.stat().st_mtime_ns == stamp
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cache").glob("texts-*.npy")} == texts

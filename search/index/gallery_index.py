@@ -385,10 +385,12 @@ def build_index(items: list[GalleryItem], out: str | Path, encoder: Encoder, *, 
 
 def write_index(out: str | Path, encoder: Encoder, items: list[GalleryItem], vectors: np.ndarray,
                 spec: IndexSpec | None = None, source: str | None = None,
-                thumbnails: Sequence[str | None] | None = None) -> GalleryIndex:
+                thumbnails: Sequence[str | None] | None = None,
+                flags: Sequence[str | None] | None = None) -> GalleryIndex:
     """An index directory from vectors computed elsewhere (row i = items[i]), e.g. by a separate
     inference stage; no images are decoded, so items carry no thumbnails unless a later run adds them
-    (or `thumbnails` names each item's preview already under `out`, e.g. "thumbs/NAME.jpg")."""
+    (or `thumbnails` names each item's preview already under `out`, e.g. "thumbs/NAME.jpg"). `flags`: why a
+    safety filter flagged each item (None: not flagged), as the embedding stage found."""
     out = Path(out)
     if vectors.shape != (len(items), encoder.dim):
         raise ValueError(f"expected vectors of shape ({len(items)}, {encoder.dim}), got {vectors.shape}")
@@ -396,8 +398,8 @@ def write_index(out: str | Path, encoder: Encoder, items: list[GalleryItem], vec
     thumbnails = thumbnails or [None] * len(items)
     rows = [_item_row(it, identity(it.path), {"width": it.size[0] if it.size else None,
                                              "height": it.size[1] if it.size else None, "thumbnail": thumb,
-                                             "aesthetic": it.aesthetic}, out)
-            for it, thumb in zip(items, thumbnails)]
+                                             "aesthetic": it.aesthetic, "safety": flag}, out)
+            for it, thumb, flag in zip(items, thumbnails, flags or [None] * len(items))]
     return _commit(out, encoder, spec or auto_spec(len(items), encoder.dim), vectors, rows, [], source,
                    read_meta(out), None, None)
 
@@ -419,7 +421,7 @@ def _embed(items: list[GalleryItem], ids: list[str | None], todo: list[int], enc
         thumb = write_thumbnail(thumbs, ids[todo[pos]], im)
         info[pos] = {"width": im.width, "height": im.height, "thumbnail": thumb.relative_to(out).as_posix(),
                      "aesthetic": float(scorer.score_images([im])[0]) if scorer else None,
-                     "safety": _flag(safety, im), "pixels": pixel_signature.encode(pixel_signature.signature(im))}
+                     "safety": safety_flag(safety, im), "pixels": pixel_signature.encode(pixel_signature.signature(im))}
 
     pending: list[tuple[str, np.ndarray, dict]] = []
     last = time.monotonic()
@@ -457,7 +459,7 @@ def _partial_id(encoder: Encoder, scorer: AestheticScorer | None, safety: Safety
         f"+safety:{safety.fingerprint}" if safety else "")
 
 
-def _flag(safety: SafetyFilter | None, im) -> str | None:
+def safety_flag(safety: SafetyFilter | None, im) -> str | None:
     """A row's "safety": None (not flagged, or no filter) or why the filter flagged the image."""
     return safety.check(im).reason if safety is not None else None
 
@@ -471,7 +473,7 @@ def _recheck_safety(items: list[GalleryItem], ids: list[str | None], rows: list[
 
     def check(i: int) -> tuple[int, str | None, str | None]:
         try:
-            return i, _flag(safety, load_image(items[i].path)), None
+            return i, safety_flag(safety, load_image(items[i].path)), None
         except ImageLoadError as e:
             return i, None, e.reason
 

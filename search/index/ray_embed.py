@@ -16,10 +16,14 @@ import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from search.index.shards import ShardTask
+
+if TYPE_CHECKING:
+    from models.safety import SafetyFilter
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +41,11 @@ class ShardWriter:
     """A Ray Data actor: one encoder (and scorer) for its lifetime; a batch of shard tasks -> their counts."""
 
     def __init__(self, out: str, encoder: str, scorer: str | None, stale: Sequence[str], cpus: float,
-                 batch_size: int | None, style: bool = True) -> None:
+                 batch_size: int | None, style: bool = True, safety: dict | None = None) -> None:
         import torch
 
         from models import get_encoder
+        from models.safety import SafetyFilter
         from search.engine import make_scorer
         from search.index.shards import OldVectors, run_id
 
@@ -48,7 +53,8 @@ class ShardWriter:
         self.out = Path(out)
         self.encoder = get_encoder(encoder)
         self.scorer = make_scorer(scorer, self.encoder)
-        self.known = OldVectors(self.out, stale, run_id(self.encoder, self.scorer, style))
+        self.safety = SafetyFilter(**safety) if safety else None  # each actor loads its own detector
+        self.known = OldVectors(self.out, stale, run_id(self.encoder, self.scorer, style, self.safety))
         self.batch_size, self.style = batch_size, style
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -58,7 +64,7 @@ class ShardWriter:
         for text in batch["task"]:
             task = ShardTask.from_json(str(text))
             n_new, n_old, _ = embed_shard(task, self.out, self.encoder, self.scorer, self.known, self.batch_size,
-                                          self.style)
+                                          self.style, self.safety)
             names.append(task.name)
             new.append(n_new)
             old.append(n_old)
@@ -78,7 +84,8 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def embed_with_ray(tasks: Sequence[ShardTask], out: Path, encoder: str, scorer: str | None, stale: Sequence[str],
-                   opts: RayOptions, style: bool = True) -> Iterator[tuple[str, int, int]]:
+                   opts: RayOptions, style: bool = True,
+                   safety: SafetyFilter | None = None) -> Iterator[tuple[str, int, int]]:
     """Write `tasks`' shards under `out` on the cluster; yields (shard name, embedded, copied) as they finish."""
     import ray
 
@@ -92,7 +99,7 @@ def embed_with_ray(tasks: Sequence[ShardTask], out: Path, encoder: str, scorer: 
         compute=ray.data.ActorPoolStrategy(size=max(1, min(opts.actors, len(tasks)))),
         fn_constructor_kwargs={"out": str(Path(out).resolve()), "encoder": encoder, "scorer": scorer,
                                "stale": list(stale), "cpus": opts.cpus_per_actor, "batch_size": opts.batch_size,
-                               "style": style},
+                               "style": style, "safety": safety and safety.settings},
         num_cpus=opts.cpus_per_actor,
         num_gpus=opts.gpus_per_actor or None,
     )

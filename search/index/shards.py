@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from models import Encoder
     from models.aesthetic import AestheticScorer
+    from models.safety import SafetyFilter
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +158,16 @@ def plan_shards(items: Sequence[GalleryItem], run_id: str, shard_size: int = SHA
     return tasks, skipped
 
 
-def run_id(encoder: Encoder, scorer: AestheticScorer | None, style: bool = True) -> str:
-    """What a shard's vectors, scores and styles depend on."""
-    return encoder.fingerprint + (f"+{scorer.fingerprint}" if scorer else "") + ("" if style else "+nostyle")
+def run_id(encoder: Encoder, scorer: AestheticScorer | None, style: bool = True,
+           safety: SafetyFilter | None = None) -> str:
+    """What a shard's vectors, scores, styles and safety flags depend on."""
+    return _run(encoder.fingerprint, scorer.fingerprint if scorer else None, style,
+                safety.fingerprint if safety else None)
+
+
+def _run(fingerprint: str, scorer: str | None, style: bool, safety: str | None) -> str:
+    return fingerprint + (f"+{scorer}" if scorer else "") + ("" if style else "+nostyle") + (
+        f"+safety:{safety}" if safety else "")
 
 
 # ---------------------------------------------------------------- one shard
@@ -206,11 +214,12 @@ def read_shard(path: Path) -> tuple[list[dict], np.ndarray]:
 
 def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticScorer | None,
                 known: Callable[[str], tuple[dict, np.ndarray] | None] = lambda key: None,
-                batch_size: int | None = None, style: bool = True) -> tuple[int, int, list[Skipped]]:
+                batch_size: int | None = None, style: bool = True,
+                safety: SafetyFilter | None = None) -> tuple[int, int, list[Skipped]]:
     """Write shard `task` under `out`: images `known` (key -> row, vector from an older shard) are copied, the
-    others embedded (decoded in threads, thumbnails written, scored; with `style`, their style detected, which
-    costs a style-aware encoder ~45 % more time). -> (embedded, copied, skipped)."""
-    from search.index.gallery_index import write_thumbnail
+    others embedded (decoded in threads, thumbnails written, scored, checked by `safety`; with `style`, their
+    style detected, which costs a style-aware encoder ~45 % more time). -> (embedded, copied, skipped)."""
+    from search.index.gallery_index import safety_flag, write_thumbnail
     from search.index.images import iter_batches
 
     thumbs = out / "thumbs"
@@ -226,10 +235,11 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
     copied, skipped = len(found), []
     info: dict[int, dict] = {}
 
-    def on_image(i: int, im) -> None:  # decoding thread: size, thumbnail, aesthetic score
+    def on_image(i: int, im) -> None:  # decoding thread: size, thumbnail, aesthetic score, safety flag
         thumb = write_thumbnail(thumbs, task.items[todo[i]]["key"], im)
         info[i] = {"width": im.width, "height": im.height, "thumbnail": f"thumbs/{thumb.name}",
-                   "aesthetic": float(scorer.score_images([im])[0]) if scorer else None}
+                   "aesthetic": float(scorer.score_images([im])[0]) if scorer else None,
+                   "safety": safety_flag(safety, im)}
 
     paths = [task.items[p]["path"] for p in todo]
     for got, pixels, failed in iter_batches(paths, encoder.preprocess, batch_size or encoder.batch_size,
@@ -239,8 +249,8 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
             styles = _styles(encoder.style_probs(pixels) if style else None, len(got))
             for i, v, style in zip(got, vecs, styles):
                 it = task.items[todo[i]]
-                found[todo[i]] = ({**it, **info.pop(i), "style": style, "safety": None,
-                                   "bytes": int(it["key"].rsplit("|", 2)[1])}, v)
+                found[todo[i]] = ({**it, **info.pop(i), "style": style, "bytes": int(it["key"].rsplit("|", 2)[1])},
+                                  v)
         skipped += [Skipped(paths[i], reason) for i, reason in failed]
     order = sorted(found)
     rows = [found[p][0] for p in order]
@@ -248,6 +258,7 @@ def embed_shard(task: ShardTask, out: Path, encoder: Encoder, scorer: AestheticS
     vectors = np.stack([found[p][1] for p in order]) if order else np.zeros((0, dim), np.float32)
     meta = {"encoder": encoder.name, "fingerprint": encoder.fingerprint, "dim": dim,
             "scorer": scorer.fingerprint if scorer else None, "style": style,
+            "safety": safety.fingerprint if safety else None,
             "skipped": [asdict(s) for s in skipped]}
     write_shard(out / task.name, rows, vectors, meta)
     return len(found) - copied, copied, skipped
@@ -296,8 +307,7 @@ def _shard_run(path: Path) -> str:
     import pyarrow.parquet as pq
 
     meta = json.loads(pq.read_schema(path).metadata.get(b"visual_search", b"{}"))
-    return meta.get("fingerprint", "") + (f"+{meta['scorer']}" if meta.get("scorer") else "") + (
-        "" if meta.get("style", True) else "+nostyle")
+    return _run(meta.get("fingerprint", ""), meta.get("scorer"), meta.get("style", True), meta.get("safety"))
 
 
 # ---------------------------------------------------------------- a run
@@ -305,15 +315,18 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
                     engine: str = "local", scorer: str | None = "auto", shard_size: int = SHARD_SIZE,
                     batch_size: int | None = None, actors: int = 2, cpus_per_actor: float = 1.0,
                     gpus_per_actor: float = 0.0, address: str | None = None, source: str | None = None,
-                    skipped: Sequence[Skipped] = (), progress: bool = True,
-                    style: bool = True) -> tuple[ShardManifest, EmbedReport]:
+                    skipped: Sequence[Skipped] = (), progress: bool = True, style: bool = True,
+                    safety: SafetyFilter | str | None = None) -> tuple[ShardManifest, EmbedReport]:
     """Embed `items` into Parquet shards under `out`, writing only the shards that are missing.
 
     `engine` "local" embeds in this process; "ray" runs the missing shards on a Ray cluster (`address`: None
     starts a local one, "auto" joins the running one, "ray://HOST:PORT" a remote one), `actors` actors each
     holding one model (`cpus_per_actor`, `gpus_per_actor` each). Both write the same files. `style` False
-    leaves the style column empty (the single-process indexer does not detect styles either)."""
+    leaves the style column empty (the single-process indexer does not detect styles either). `safety`: a
+    SafetyFilter or "on" (models/safety.py): flagged images get their reason in the safety column, and every
+    index built from the shards hides them."""
     from models import get_encoder
+    from models.safety import as_safety_filter
     from search.engine import make_scorer
 
     t0 = time.perf_counter()
@@ -321,7 +334,8 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
     out.mkdir(parents=True, exist_ok=True)
     enc = get_encoder(encoder)
     sc = make_scorer(scorer, enc)
-    run = run_id(enc, sc, style)
+    sf = as_safety_filter(safety)
+    run = run_id(enc, sc, style, sf)
     tasks, missing_files = plan_shards(items, run, shard_size)
     report = EmbedReport(skipped=[*skipped, *missing_files])
     names = {t.name for t in tasks}
@@ -336,7 +350,7 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
             from tqdm import tqdm
 
             for t in tqdm(todo, desc="shards", unit="shard", disable=not progress):
-                n_new, n_old, _ = embed_shard(t, out, enc, sc, known, batch_size, style)
+                n_new, n_old, _ = embed_shard(t, out, enc, sc, known, batch_size, style, sf)
                 report.embedded += n_new
                 report.copied += n_old
                 report.written.append(t.name)
@@ -345,7 +359,7 @@ def embed_to_shards(items: Sequence[GalleryItem], out: str | Path, encoder: str 
 
             opts = RayOptions(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
                               batch_size=batch_size, address=address)
-            for name, n_new, n_old in embed_with_ray(todo, out, encoder, scorer, stale, opts, style):
+            for name, n_new, n_old in embed_with_ray(todo, out, encoder, scorer, stale, opts, style, sf):
                 report.embedded += n_new
                 report.copied += n_old
                 report.written.append(name)
@@ -445,4 +459,5 @@ def write_faiss_index(shards: ShardSet, out: str | Path, spec=None):  # noqa: AN
                          {"style": r["style"]} if r.get("style") else {},
                          size=(r["width"], r["height"]) if r.get("width") else None, bytes=r.get("bytes"),
                          aesthetic=r.get("aesthetic")) for r in shards.rows]
-    return write_index(out, encoder, items, shards.vectors, spec, m.source or str(shards.root), thumbs)
+    return write_index(out, encoder, items, shards.vectors, spec, m.source or str(shards.root), thumbs,
+                       [r.get("safety") for r in shards.rows])

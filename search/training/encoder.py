@@ -315,7 +315,8 @@ def train_encoder(data: str | Path, out: str | Path, cache_dir: str | Path,
     dev_texts = {ref for queries, _, _ in dev_benchmarks(dev).values() for kind, ref in queries if kind == "text"}
     feats = Features(cache, task_refs(tasks, "image"), sorted(dev_texts.union(task_refs(tasks, "text"))))
     prompts, definitions = imagenet_class_texts()
-    class_text = torch.from_numpy(text_embeddings(prompts) + text_embeddings(definitions))  # heads normalise
+    # heads normalise the sum; cached in cache_dir, as the tower outputs are
+    class_text = torch.from_numpy(text_embeddings(prompts, cache_dir) + text_embeddings(definitions, cache_dir))
 
     log.info("fitting on train minus dev (%d / %d items) to pick the mixes", len(train), len(dev))
     # the mixes weigh the bridge and learned parts; the instance part's share is fixed (HeadsConfig)
