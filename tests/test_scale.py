@@ -74,44 +74,53 @@ def test_milvus_targets_parse() -> None:
 
 
 # ---------------------------------------------------------------- Ray Data = local
-def test_ray_shards_equal_local_shards(ray_cluster, gallery: Path, local_shards: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def faces():  # noqa: ANN201
+    """A safety filter that flags a real photo of the gallery (FACE_FEMALE: astronaut.png)."""
+    from models.safety import SafetyFilter
+
+    return SafetyFilter({"FACE_FEMALE"}, threshold=0.5, label="test")
+
+
+@pytest.fixture(scope="module")
+def flagged_shards(gallery: Path, faces, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: ANN001
+    out = tmp_path_factory.mktemp("flagged-shards")
+    items, _ = read_source(gallery)
+    embed_to_shards(items, out, "lite", engine="local", shard_size=SHARD_SIZE, progress=False, safety=faces)
+    return out
+
+
+def test_ray_shards_equal_local_shards(ray_cluster, gallery: Path, flagged_shards: Path, faces,  # noqa: ANN001
+                                       tmp_path: Path) -> None:
+    """Ray Data writes the shards the local engine writes: same plan, vectors, fields, thumbnails, and the safety
+    flags `embed --safety on` makes (each actor loads its own detector)."""
     items, _ = read_source(gallery)
     manifest, report = embed_to_shards(items, tmp_path, "lite", engine="ray", shard_size=SHARD_SIZE, actors=2,
-                                       progress=False)
-    local = ShardManifest.read(local_shards)
+                                       progress=False, safety=faces)
+    local = ShardManifest.read(flagged_shards)
     assert manifest.shards == local.shards and len(manifest.shards) == 3  # same plan, same names
     assert report.embedded == N_IMAGES and len(report.written) == 3
     for name in manifest.shards:
         ray_rows, ray_vecs = read_shard(tmp_path / name)
-        loc_rows, loc_vecs = read_shard(local_shards / name)
+        loc_rows, loc_vecs = read_shard(flagged_shards / name)
         np.testing.assert_allclose(ray_vecs, loc_vecs, atol=1e-5)  # another thread count: rounding only
         for a, b in zip(ray_rows, loc_rows):
             assert a.pop("aesthetic") == pytest.approx(b.pop("aesthetic"), abs=1e-4)
             assert a == b
-    assert {p.name for p in (tmp_path / "thumbs").iterdir()} == {p.name for p in (local_shards / "thumbs").iterdir()}
+    assert {p.name for p in (tmp_path / "thumbs").iterdir()} == {p.name for p in (flagged_shards / "thumbs").iterdir()}
+    flags = {r["id"]: r["safety"] for r in read_shards(tmp_path).rows}
+    assert {i for i, why in flags.items() if why} == {"astronaut.png"}
+    assert flags["astronaut.png"].startswith("test (FACE_FEMALE")
 
 
-def test_safety_flags_made_while_embedding_hide_images_in_every_index(ray_cluster, gallery: Path,
-                                                                      tmp_path: Path) -> None:
-    """`embed --safety on` (here a filter that flags a real photo: FACE_FEMALE, astronaut.png): the flag is in the
-    shards, the same from Ray as locally, and neither a FAISS index nor a Milvus collection built from them
-    returns the image."""
-    from models.safety import SafetyFilter
+def test_images_flagged_while_embedding_are_hidden_by_every_index(flagged_shards: Path, tmp_path: Path) -> None:
+    """Neither a FAISS index nor a Milvus collection built from shards embedded with `--safety on` returns a
+    flagged image (the flag itself: test_ray_shards_equal_local_shards)."""
     from search.engine import SearchEngine
     from search.index.shards import write_faiss_index
     from search.types import Query
 
-    faces = SafetyFilter({"FACE_FEMALE"}, threshold=0.5, label="test")
-    items, _ = read_source(gallery)
-    flags = {}
-    for engine in ("local", "ray"):
-        embed_to_shards(items, tmp_path / engine, "lite", engine=engine, shard_size=SHARD_SIZE, actors=1,
-                        progress=False, safety=faces)
-        flags[engine] = {r["id"]: r["safety"] for r in read_shards(tmp_path / engine).rows}
-    assert flags["local"] == flags["ray"]
-    assert {i for i, why in flags["local"].items() if why} == {"astronaut.png"}
-    assert flags["local"]["astronaut.png"].startswith("test (FACE_FEMALE")
-    shards = read_shards(tmp_path / "local")
+    shards = read_shards(flagged_shards)
     write_faiss_index(shards, tmp_path / "faiss")
     built, _ = build_milvus(shards, f"milvus:{tmp_path / 's.db'}", "FLAT")
     built.close()
