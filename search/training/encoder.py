@@ -250,13 +250,21 @@ IMAGE_DEV = (("sketch", "R@10"), ("pacs", "mAP"), ("lowres", "R@1"))
 TEXT_DEV = (("words", "R@1"), ("phrases", "R@1"), ("sketchy words", "mAP"), ("pacs words", "mAP"))
 
 
-def score_mix(heads: LiteHeads, feats: Features, bench: tuple, metric: str) -> float:
-    queries, gallery, relevant = bench
+def embed_queries(heads: LiteHeads, feats: Features, queries: list[tuple[str, str]]) -> np.ndarray:
+    """Vectors of dev queries, ("text" | "image", key) pairs of one kind, under `heads.cfg`."""
+    keys = [r for _, r in queries]
     with torch.no_grad():
-        g = heads.embed_image(feats.image(gallery)).numpy()
-        kind = queries[0][0]
-        refs = [r for _, r in queries]
-        q = (heads.embed_text(feats.texts(refs)) if kind == "text" else heads.embed_image(feats.image(refs))).numpy()
+        return (heads.embed_text(feats.texts(keys)) if queries[0][0] == "text" else
+                heads.embed_image(feats.image(keys))).numpy()
+
+
+def embed_gallery(heads: LiteHeads, feats: Features, keys: list[str]) -> np.ndarray:
+    with torch.no_grad():
+        return heads.embed_image(feats.image(keys)).numpy()
+
+
+def score_mix(q: np.ndarray, g: np.ndarray, bench: tuple, metric: str) -> float:
+    _, gallery, relevant = bench
     ranked = rank_all(q, g)
     return mean_metrics([query_metrics([gallery[j] for j in row], rel) for row, rel in zip(ranked, relevant)])[metric]
 
@@ -266,7 +274,9 @@ def pick_mixes(heads: LiteHeads, feats: Features, dev: list[dict]) -> HeadsConfi
 
     Image-to-image (dev sketch R@10, PACS mAP, low-res R@1) depends on `image_mix` and `minilm_mix`;
     text-to-image (`TEXT_DEV`, averaged into one text figure) on all four. The chosen point maximises
-    the mean of the three image figures and the text figure.
+    the mean of the three image figures and the text figure. Image vectors depend only on
+    (`minilm_mix`, `image_mix`) and text vectors only on (`minilm_mix`, `text_mix`, temperature), so
+    each is computed once per setting it depends on.
     """
     b = dev_benchmarks(dev)
     image_benches = [(b[n], m) for n, m in IMAGE_DEV if b[n][0]]
@@ -275,20 +285,27 @@ def pick_mixes(heads: LiteHeads, feats: Features, dev: list[dict]) -> HeadsConfi
         log.warning("dev split too small to pick mixes; keeping %s", heads.cfg)
         return heads.cfg
     base, best, best_score = heads.cfg, heads.cfg, -1.0
+    text_grid = [(text_mix, tt) for text_mix in (0.8, 0.9, 0.95, 0.98, 1.0) for tt in (0.01, 0.02, 0.03, 0.05)]
     for minilm_mix in (0.0, 0.2, 0.4, 0.6):
+        text_q = {}
+        for text_mix, tt in text_grid:
+            heads.cfg = replace(base, text_mix=text_mix, text_temperature=tt, minilm_mix=minilm_mix)
+            text_q[text_mix, tt] = [embed_queries(heads, feats, bench[0]) for bench, _ in text_benches]
         for image_mix in (0.02, 0.05, 0.1, 0.2):
             heads.cfg = replace(base, image_mix=image_mix, minilm_mix=minilm_mix)
-            image_scores = [score_mix(heads, feats, bench, metric) for bench, metric in image_benches]
-            for text_mix in (0.8, 0.9, 0.95, 0.98, 1.0):
-                for tt in (0.01, 0.02, 0.03, 0.05):
-                    heads.cfg = replace(base, image_mix=image_mix, text_mix=text_mix, text_temperature=tt,
-                                        minilm_mix=minilm_mix)
-                    text_score = np.mean([score_mix(heads, feats, bench, metric) for bench, metric in text_benches])
-                    score = float(np.mean([*image_scores, text_score]))
-                    log.debug("dev image_mix=%.2f text_mix=%.2f text_temperature=%.2f minilm_mix=%.1f: %.4f",
-                              image_mix, text_mix, tt, minilm_mix, score)
-                    if score > best_score:
-                        best, best_score = heads.cfg, score
+            image_scores = [score_mix(embed_queries(heads, feats, bench[0]), embed_gallery(heads, feats, bench[1]),
+                                      bench, metric) for bench, metric in image_benches]
+            galleries = [embed_gallery(heads, feats, bench[1]) for bench, _ in text_benches]
+            for text_mix, tt in text_grid:
+                text_score = np.mean([score_mix(q, g, bench, metric) for q, g, (bench, metric)
+                                      in zip(text_q[text_mix, tt], galleries, text_benches)])
+                score = float(np.mean([*image_scores, text_score]))
+                log.debug("dev image_mix=%.2f text_mix=%.2f text_temperature=%.2f minilm_mix=%.1f: %.4f",
+                          image_mix, text_mix, tt, minilm_mix, score)
+                if score > best_score:
+                    best_score = score
+                    best = replace(base, image_mix=image_mix, text_mix=text_mix, text_temperature=tt,
+                                   minilm_mix=minilm_mix)
             log.info("dev minilm_mix=%.1f image_mix=%.2f: image-to-image %s; best so far %.4f", minilm_mix, image_mix,
                      " ".join(f"{x:.3f}" for x in image_scores), best_score)
     heads.cfg = best
