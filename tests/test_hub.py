@@ -251,17 +251,21 @@ def test_cli_offline_errors(built_index: Path, tmp_path: Path) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"),
            "VISUAL_SEARCH_CACHE": str(tmp_path / "cache")}
     env.pop(hub.LOCAL_ENV, None)
-    for args, expected in ((["publish-index", str(built_index), "--repo", "nobody/idx"], "cannot publish"),
-                           (["query", "hf://datasets/nobody/idx", "--text", "a cat"], "cannot download"),
-                           (["index", "hf://datasets/nobody/photos", "--out", str(tmp_path / "i")], "cannot download")):
-        r = subprocess.run([sys.executable, "-m", "search", *args], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120)
-        assert r.returncode == 2, r.stderr
-        assert f"error: {expected}" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "search", "publish-index", str(built_index), "--repo", "nobody/idx",
-                        "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    stage = Path(r.stdout.split("staged in ", 1)[1].split(" (nothing uploaded)")[0])
+    cases = ((["publish-index", str(built_index), "--repo", "nobody/idx"], "cannot publish"),
+             (["query", "hf://datasets/nobody/idx", "--text", "a cat"], "cannot download"),
+             (["index", "hf://datasets/nobody/photos", "--out", str(tmp_path / "i")], "cannot download"),
+             (["publish-index", str(built_index), "--repo", "nobody/idx", "--dry-run"], None))
+    # started together: each is mostly a cold start (imports), so four at once take about as long as two
+    procs = [subprocess.Popen([sys.executable, "-m", "search", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args, _ in cases]
+    results = [p.communicate(timeout=180) for p in procs]
+    for p, (_, err), (_, expected) in zip(procs, results, cases):
+        if expected is None:
+            assert p.returncode == 0, err
+            continue
+        assert p.returncode == 2, err
+        assert f"error: {expected}" in err and "Traceback" not in err
+    stage = Path(results[-1][0].split("staged in ", 1)[1].split(" (nothing uploaded)")[0])
     assert json.loads((stage / "index.json").read_text())["source"] == "photos"
     shutil.rmtree(stage)
 

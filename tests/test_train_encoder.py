@@ -81,7 +81,7 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.slow
 def test_train_encoder_writes_heads_the_registry_loads(tiny_data: Path, tmp_path: Path) -> None:
     out = train_encoder(tiny_data, tmp_path / "heads.pt", tmp_path / "cache",
-                        cfg=TrainConfig(steps=60, batch=16, dev_fraction=0.3))
+                        cfg=TrainConfig(steps=30, batch=16, dev_fraction=0.3))
     enc = create_encoder("lite", weights=str(out))
     photos = [photo(f) for f in PHOTOS.values()]
     vecs = enc.encode_images(photos)
