@@ -75,8 +75,8 @@ def load_image_tower() -> nn.Module:
 def fold_batchnorm(tower: nn.Module) -> nn.Module:
     """Fold every BatchNorm into the convolution before it, in place (conv weight * s, bias t; the norm layer
     becomes its activation): the same outputs up to float rounding, and a query's pass through the tower
-    ~1.5x faster on a CPU, where eager BatchNorm calls were a third of it. Each folded convolution keeps its
-    `bn_scale` s, which style adapters scale their added weights by (`StyleAdapters.late_stages`)."""
+    ~1.4x faster on a CPU (55 -> 40 ms at batch 1 here). Each folded convolution keeps its `bn_scale` s, by
+    which the style adapters scale what they add (`StyleAdapters.late_stages`)."""
     for module in tower.modules():
         conv = None
         for name, child in list(module.named_children()):   # timm declares each conv just before its norm
