@@ -14,6 +14,8 @@ tower outputs are exactly the frozen tower's: the index never changes.
 """
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,14 +47,24 @@ class LowRankStyles(nn.Module):
         self.up = nn.Conv2d(n_styles * rank, cout, 1, bias=False)
         nn.init.zeros_(self.up.weight)  # starts as the frozen tower
 
-    def forward(self, x: torch.Tensor, m: torch.Tensor, rows: torch.Tensor,
-                scale: torch.Tensor | None = None) -> torch.Tensor:
-        """`rows`: the styles' ranks to use (the others are skipped); m: (B, len(rows), 1, 1), their weights; `scale`
-        multiplies the output channels (a folded BatchNorm's)."""
-        up = self.up.weight[:, rows]
+    def kept(self, rows: torch.Tensor, scale: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(down, up) as matrices for the styles' ranks `rows` (the others are skipped): (C_in, R) and (R, C_out);
+        `scale` multiplies the output channels (a folded BatchNorm's)."""
+        up = self.up.weight[:, rows, 0, 0]
         if scale is not None:
-            up = scale[:, None, None, None] * up
-        return F.conv2d(F.conv2d(x, self.down.weight[rows]) * m, up)
+            up = scale[:, None] * up
+        return self.down.weight[rows, :, 0, 0].T.contiguous(), up.T.contiguous()
+
+
+def add_low_rank(y: torch.Tensor, x: torch.Tensor, m: torch.Tensor, down: torch.Tensor,
+                 up: torch.Tensor) -> torch.Tensor:
+    """y + ((x @ down) * m) @ up at each position of the map x: the adapter's two 1x1 convolutions as batched
+    products over (B, H*W, C) views of channels-last maps (fewer, cheaper calls than two convolutions and the
+    scaling). m: (B, R) style weights per rank."""
+    n, c, h, w = x.shape
+    rows = lambda t: t.permute(0, 2, 3, 1).reshape(n, h * w, t.shape[1])  # noqa: E731
+    z = torch.bmm(rows(x), down.expand(n, *down.shape)) * m[:, None]
+    return torch.baddbmm(rows(y), z, up.expand(n, *up.shape)).reshape(n, h, w, -1).permute(0, 3, 1, 2)
 
 
 class StyleAdapters(nn.Module):
@@ -60,6 +72,7 @@ class StyleAdapters(nn.Module):
         super().__init__()
         self.styles, self.rank, self.shapes = tuple(styles), rank, list(shapes)
         self.convs = nn.ModuleList(LowRankStyles(i, o, len(styles), rank) for i, o in shapes)
+        self._derived: weakref.WeakKeyDictionary[nn.Module, dict] = weakref.WeakKeyDictionary()  # see _cached
 
     @classmethod
     def for_tower(cls, tower: nn.Module, rank: int = 8) -> StyleAdapters:
@@ -76,19 +89,28 @@ class StyleAdapters(nn.Module):
         """Blocks FIRST_ADAPTED.. and the head convolution, with the adapters: x is block
         FIRST_ADAPTED-1's output; returns (block 4 output, head map after bn2), as the frozen path does.
         Styles that no row weighs at least MIN_STYLE_WEIGHT are skipped (a query's mixture is mostly one
-        style: ~6x less adapter work). On a tower with BatchNorm folded (`models.lite.fold_batchnorm`), the
-        adapters' output is scaled as the norm layer would have."""
+        style: ~6x less adapter work), and when one style is all the rows weigh (to within MIN_STYLE_WEIGHT: a
+        drawn sketch is ~1.0 "sketch"), frozen adapters run as that style's merged convolutions, W + U V, at
+        the frozen tower's cost. On a tower with BatchNorm folded (`models.lite.fold_batchnorm`), the adapters'
+        output is scaled as the norm layer would have."""
         m = self.weights(mixture, len(x))
-        keep = torch.nonzero((m >= MIN_STYLE_WEIGHT).any(0))[:, 0]
-        rows = (keep[:, None] * self.rank + torch.arange(self.rank)).flatten()  # their rows in down, columns in up
-        m, adapters = m[:, keep].repeat_interleave(self.rank, 1)[:, :, None, None], iter(self.convs)
-        folded = getattr(tower, "bn_folded", False)
-
-        def conv(module: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
-            a = next(adapters)
-            if not len(keep):
+        keep = tuple(torch.nonzero((m >= MIN_STYLE_WEIGHT).any(0))[:, 0].tolist())
+        frozen = not self.convs[0].up.weight.requires_grad
+        if not keep:
+            def conv(module: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
                 return module(h)
-            return module(h) + a(h, m, rows, module.bn_scale if folded else None)
+        elif frozen and len(keep) == 1 and bool((m[:, keep[0]] >= 1 - MIN_STYLE_WEIGHT).all()):
+            merged = iter(self._cached(tower, keep[0], lambda: self.merged_weights(keep[0], tower)))
+
+            def conv(module: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+                return F.conv2d(h, next(merged), module.bias)
+        else:
+            ranks = m[:, keep].repeat_interleave(self.rank, 1)
+            low_rank = iter(self._cached(tower, keep, lambda: self.kept_weights(keep, tower)) if frozen
+                            else self.kept_weights(keep, tower))
+
+            def conv(module: nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+                return add_low_rank(module(h), h, ranks, *next(low_rank))
 
         mid = None
         for i, stage in enumerate(tower.blocks[FIRST_ADAPTED:], FIRST_ADAPTED):
@@ -101,6 +123,24 @@ class StyleAdapters(nn.Module):
             if i == 4:
                 mid = x
         return mid, tower.bn2(conv(tower.conv_head, x))
+
+    def kept_weights(self, keep: tuple[int, ...], tower: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Each adapted convolution's (down, up) for the styles `keep` (scaled for a folded tower)."""
+        rows = (torch.tensor(keep)[:, None] * self.rank + torch.arange(self.rank)).flatten()
+        folded = getattr(tower, "bn_folded", False)
+        return [a.kept(rows, c.bn_scale if folded else None) for a, c in zip(self.convs, adapted_convs(tower))]
+
+    def merged_weights(self, style: int, tower: nn.Module) -> list[torch.Tensor]:
+        """Each adapted convolution's weight with `style`'s adapter added in: W + U_s V_s."""
+        return [c.weight + (down @ up).T[:, :, None, None]
+                for c, (down, up) in zip(adapted_convs(tower), self.kept_weights((style,), tower))]
+
+    def _cached(self, tower: nn.Module, key: object, make: Callable[[], list]) -> list:
+        """Derived weights of frozen (loaded) adapters, remembered per tower (a handful of style sets in all)."""
+        known = self._derived.setdefault(tower, {})
+        if key not in known:
+            known[key] = make()
+        return known[key]
 
     def save(self, path: str | Path) -> None:
         """fp16 (the file is committed)."""

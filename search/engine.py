@@ -7,6 +7,7 @@ import logging
 import re
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -130,15 +131,20 @@ class SearchEngine:
         encoded = self.encode(query, texts, style)
         rank = functools.partial(rank_query, encoded=encoded, query=query, gallery=gallery, settings=settings,
                                  bank=self.encoder.query_bank)
-        baseline_hits = rank("baseline", encoded.vectors[0])
+        baseline = self._second_core.submit(rank, "baseline", encoded.vectors[0])  # the two rankings side by side
         aligned_hits = rank("aligned", blend_rephrasing(encoded.vectors[0], encoded.vectors[-1],
                                                         rephrase_weight(gallery, settings)))
+        baseline_hits = baseline.result()
         return Comparison(query, encoded.style, rephrasing, tuple(baseline_hits), tuple(aligned_hits),
                           time.perf_counter() - t0)
 
     @functools.cached_property
     def text_vectors(self) -> TextVectors:
         return TextVectors(self.encoder)
+
+    @functools.cached_property
+    def _second_core(self) -> ThreadPoolExecutor:
+        return ThreadPoolExecutor(1, thread_name_prefix="baseline-ranking")
 
     @functools.cached_property
     def rephraser(self) -> Rephraser:

@@ -102,18 +102,21 @@ def test_text_vectors_of_concurrent_queries_equal_sequential_ones(default_engine
 
 @pytest.mark.parametrize("name", ["coffee.png", "chelsea.png"])
 def test_a_conditioned_query_equals_its_two_late_passes_run_in_turn(default_engine, name: str) -> None:  # noqa: ANN001
-    """encode_query_tensors runs the frozen and the style-adapted late passes on two threads; the vector is the
-    one the two passes give run one after the other."""
+    """encode_query_tensors runs the shared blocks on two threads (a lone query) and the frozen and the
+    style-adapted late passes side by side; the vector is the one the passes give run one after the other on
+    one thread, and the caller's thread setting is left as it was."""
     from models.lite import late_outputs, shallow_maps
 
     enc = default_engine.encoder
     pixels = enc.preprocess(pencil_sketch(photo(name)))[None]
+    threads = torch.get_num_threads()
     got, probs = enc.encode_query_tensors(pixels)
+    assert torch.get_num_threads() == threads
     with torch.inference_mode():
         maps = shallow_maps(enc.image_tower, pixels)
         frozen = late_outputs(enc.image_tower, maps[-1])
         adapted = late_outputs(enc.image_tower, maps[-1], enc.adapters, torch.from_numpy(probs))
-        emb = enc.heads.embed_image(adapted, frozen)
+        emb = enc.heads.embed_image(adapted, enc.heads.learned_part(frozen))
         want = (emb if enc.gate is None else enc.gate.pad_query(emb)).numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -142,3 +145,28 @@ def test_the_query_tower_with_batchnorm_folded_gives_the_training_towers_outputs
         # the adapters change the outputs (so the comparison above covers them)
         assert not torch.allclose(late_outputs(folded, x, enc.adapters, mixtures)["pooled"],
                                   late_outputs(folded, x)["pooled"], atol=1e-2)
+
+
+def test_a_single_style_query_runs_merged_convolutions_equal_to_its_low_rank_adapters(default_engine) -> None:  # noqa: ANN001
+    """A query whose mixture is one style (a drawn sketch: ~1.0 "sketch") runs that style's adapters merged into
+    the convolutions (W + U V); its outputs are those of the low-rank adapters (the path training takes), on the
+    folded tower and the plain one; a mixture of two styles keeps the low-rank path."""
+    import copy
+
+    from models.lite import late_outputs, load_image_tower, shallow_maps
+    from models.style import STYLES
+
+    enc = default_engine.encoder
+    trainable = copy.deepcopy(enc.adapters).requires_grad_(True)   # trainable adapters never merge
+    pixels = enc.preprocess(pencil_sketch(photo("coffee.png")))[None]
+    sketch = torch.zeros(1, len(STYLES))
+    sketch[0, STYLES.index("sketch")] = 0.9995
+    for tower in (enc.image_tower, load_image_tower()):
+        with torch.inference_mode():
+            x = shallow_maps(tower, pixels)[-1]
+            got = late_outputs(tower, x, enc.adapters, sketch)
+            assert STYLES.index("sketch") in enc.adapters._derived[tower]      # the merged weights were used
+            want = late_outputs(tower, x, trainable, sketch)
+        for name in want:  # within the 0.0005 of its weight left out
+            assert (got[name] - want[name]).norm() < 1e-3 * want[name].norm(), name
+        assert not torch.allclose(got["pooled"], late_outputs(tower, x)["pooled"], atol=1e-2)
