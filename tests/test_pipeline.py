@@ -170,3 +170,12 @@ def test_a_single_style_query_runs_merged_convolutions_equal_to_its_low_rank_ada
         for name in want:  # within the 0.0005 of its weight left out
             assert (got[name] - want[name]).norm() < 1e-3 * want[name].norm(), name
         assert not torch.allclose(got["pooled"], late_outputs(tower, x)["pooled"], atol=1e-2)
+    two = torch.zeros(1, len(STYLES))
+    two[0, STYLES.index("sketch")], two[0, STYLES.index("painting")] = 0.6, 0.4
+    with torch.inference_mode():
+        tower = enc.image_tower
+        x = shallow_maps(tower, pixels)[-1]
+        got, want = late_outputs(tower, x, enc.adapters, two), late_outputs(tower, x, trainable, two)
+    assert tuple(sorted((STYLES.index("sketch"), STYLES.index("painting")))) in enc.adapters._derived[tower]
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-5, atol=1e-5)
