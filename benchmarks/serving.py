@@ -15,7 +15,8 @@ targets are ratios. Measured:
     in turn (app, bare, app, ...), so the machine's noise falls on both. Target: p50 app / bare <= 1.15.
 (b) 16 visitors at once (threads, each its own connections), searches per second, app and bare in
     alternating rounds. Target: app / bare >= 0.85. And the app's server-side p50 (its log) under these 16
-    visitors against one visitor's in (a): <= 3x (the app serves 4 searches at once, the rest queue).
+    visitors against one visitor's in (a): <= 3x (the app serves `--concurrency` searches at once, default 4; the rest
+    queue).
 (c) Server side, in this process (one BLAS thread, as the app runs): SearchEngine.compare (both rankings) on a
     synthetic 100k-image index (the default gallery's real `lite` embeddings plus noise, random aesthetic
     scores, written with write_index: the app's default IVF index at that size). Text p50 <= 30 ms, a sketch
@@ -63,7 +64,7 @@ BARE_APP = '''
 import json, sys
 import gradio as gr
 
-port, thumbs = int(sys.argv[1]), json.loads(sys.argv[2])
+port, thumbs, concurrency = int(sys.argv[1]), json.loads(sys.argv[2]), int(sys.argv[3])
 side_a, side_b = thumbs[:12], thumbs[-12:]
 
 
@@ -77,7 +78,7 @@ with gr.Blocks(analytics_enabled=False) as demo:
     text = gr.Textbox()
     gallery_a, gallery_b = gr.Gallery(), gr.Gallery()
     text.submit(search, text, [gallery_a, gallery_b], api_name="search")
-demo.queue(max_size=64, default_concurrency_limit=4)
+demo.queue(max_size=64, default_concurrency_limit=concurrency)
 demo.launch(server_name="127.0.0.1", server_port=port, allowed_paths=sorted({p.rsplit("/", 1)[0] for p in thumbs}))
 '''
 
@@ -439,6 +440,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating app/bare rounds of (b) (default 2)")
     parser.add_argument("--client", choices=("http", "gradio"), default="http",
                         help="how a visitor calls /search: Gradio's HTTP API (default) or gradio_client")
+    parser.add_argument("--concurrency", type=int, default=config.CONCURRENCY,
+                        help="searches both servers run at once (app.py --concurrency; default %(default)s)")
     parser.add_argument("--skip-client", action="store_true", help="only the server-side part (c)")
     parser.add_argument("--skip-server", action="store_true", help="only the client-side parts (a), (b), (d)")
     args = parser.parse_args()
@@ -468,8 +471,9 @@ def main() -> None:
         script.write_text(BARE_APP)
         port_app, port_bare = free_port(), free_port()
         app = Server("app", [sys.executable, "app.py", "--port", str(port_app), "--cache-dir", str(cache),
-                             "--data-dir", str(data)], port_app, tmp, env)
-        bare = Server("bare", [sys.executable, str(script), str(port_bare), json.dumps(thumbs)], port_bare, tmp, env)
+                             "--data-dir", str(data), "--concurrency", str(args.concurrency)], port_app, tmp, env)
+        bare = Server("bare", [sys.executable, str(script), str(port_bare), json.dumps(thumbs), str(args.concurrency)],
+                      port_bare, tmp, env)
         try:
             app.wait(), bare.wait()
             texts = Texts()
