@@ -15,7 +15,12 @@ DATA_DIR = Path(os.environ.get("VISUAL_SEARCH_DATA", Path.home() / ".local" / "s
 DEFAULT_TOP_K = 12
 # a prebuilt index served when neither --gallery nor --index is given, e.g. hf://datasets/OWNER/NAME (docs/space.md)
 DEFAULT_INDEX = os.environ.get("VISUAL_SEARCH_INDEX") or None
-CONCURRENCY = 4                   # heavy requests (search, more like this, vote) a server runs at once
+# searches (and "more like this") a server runs at once; the rest wait in Gradio's queue. Each search uses two
+# cores (a query's two texts, or a sketch's two late passes, side by side), and searches sharing the cores also
+# share the GIL, each torch call waiting for it: on 2 cores one at a time serves 16 visitors faster than 4 at once
+# (benchmarks/serving.py: searches/s 0.90x vs 0.88x of a bare Gradio app, server-side p50 2.8x vs 5.3x one
+# visitor's, visitors' p50 3.4 s vs 3.8 s). Votes have a pool of the same size of their own.
+CONCURRENCY = max(1, (os.cpu_count() or 2) // 2)
 # query rephrasing (search/rephrase.py): "template" | "none" | "llm:PATH_OR_ID" | "http:URL"
 DEFAULT_REPHRASER = os.environ.get("VISUAL_SEARCH_REPHRASER", "template")
 REPHRASE_CACHE_DIR = CACHE_DIR / "rephrase"  # rephrasings.sqlite, and de-quantised GGUF models under llm/

@@ -50,7 +50,7 @@ class Limits:
 
     searches: RateLimiter = field(default_factory=lambda: RateLimiter("searches", config.SEARCHES_PER_MINUTE))
     votes: RateLimiter = field(default_factory=lambda: RateLimiter("votes", config.VOTES_PER_MINUTE))
-    concurrency: int = 4                     # heavy requests (search, more like this, vote) served at once
+    concurrency: int = config.CONCURRENCY    # searches served at once (and, apart, votes)
 
 
 def guarded(handler: Callable, limiter: RateLimiter) -> Callable:

@@ -114,8 +114,10 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
         # ------------------------------------------------------------ wiring
         settings_in = [k, aesthetic_weight, rephrase, dedup, show_scores, min_look, style_only]
         outputs = [gallery_a, gallery_b, info, shown, reveal, *vote_btns.values()]
-        # search, more like this and vote share one pool of workers: together they never run more than this
+        # search and more like this share one pool of workers (together they never run more than this); votes,
+        # a few ms of SQLite each, have their own, so that a vote never waits behind searches
         heavy = {"concurrency_id": "heavy", "concurrency_limit": limits.concurrency}
+        votes = {"concurrency_id": "votes", "concurrency_limit": limits.concurrency}
         search, more_like_this = guarded(h.search, limits.searches), guarded(h.more_like_this, limits.searches)
         vote = guarded(h.vote, limits.votes)
         sketch_tab.select(lambda: "Sketch", None, image_source, api_name=False)
@@ -141,9 +143,9 @@ def build_ui(engine: SearchEngine, store: VoteStore, top_k: int = config.DEFAULT
                 **heavy)
         vote_io = ([choice, shown, consent], [reveal, shown, *vote_btns.values()])
         # a vote is callable by gradio_client (positional arguments) but left out of the API docs
-        vote_btn.click(vote, *vote_io, api_name="vote", api_visibility="undocumented", **heavy)
+        vote_btn.click(vote, *vote_io, api_name="vote", api_visibility="undocumented", **votes)
         for c, btn in vote_btns.items():
-            btn.click(lambda c=c: c, None, choice, api_name=False).then(vote, *vote_io, api_name=False, **heavy)
+            btn.click(lambda c=c: c, None, choice, api_name=False).then(vote, *vote_io, api_name=False, **votes)
         show_scores.change(h.galleries, [shown, show_scores], [gallery_a, gallery_b], api_name=False)
         live = LiveResults(store.votes, store.count, ttl=5.0)  # read from the store, recomputed at most every 5 s
         results_tab.select(live.get, None, [results_md, results_plots], api_name="results", concurrency_limit=1)
