@@ -289,3 +289,19 @@ def test_votes_survive_a_restart(app: App) -> None:
     search(c, "a cat", k=2)
     c.predict("tie", True, api_name="/vote")
     assert len(app.votes()) == len(before) + 1
+
+
+def test_searches_queue_one_per_two_cores_and_votes_have_a_pool_of_their_own(default_engine, tmp_path) -> None:  # noqa: ANN001
+    """Searches (and more like this) share one pool of `--concurrency` workers, by default one per two cores (each
+    search uses two); votes have their own, so a vote never waits behind searches (benchmarks/serving.py)."""
+    from search import config
+    from ui.handlers import Limits
+    from ui.page import build_ui
+
+    assert config.CONCURRENCY == max(1, (os.cpu_count() or 2) // 2)
+    demo = build_ui(default_engine, VoteStore(tmp_path), limits=Limits(concurrency=3))
+    fns = {f.api_name: f for f in demo.fns.values() if f.api_name}
+    assert {"search", "more_like_this", "vote"} <= set(fns)
+    assert fns["search"].concurrency_id == fns["more_like_this"].concurrency_id
+    assert fns["vote"].concurrency_id != fns["search"].concurrency_id
+    assert fns["search"].concurrency_limit == fns["vote"].concurrency_limit == 3
