@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     # the REST API and the page on one server: /api/... first, the page (and its own API) at /
     app = FastAPI(title="Visual search", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.add_middleware(LimitBody)
-    app.include_router(create_router(engine, RateLimiter("searches", config.SEARCHES_PER_MINUTE), refuse))
+    app.include_router(create_router(engine, RateLimiter("searches", config.SEARCHES_PER_MINUTE), refuse,
+                                     args.concurrency))
     limits = Limits(concurrency=args.concurrency)
     if args.mcp:  # its own small app, so that the tool list holds the search alone
         app = gr.mount_gradio_app(app, build_tools(engine, limits, refuse), path="/agent", mcp_server=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Annotated
@@ -83,11 +84,12 @@ class LimitBody:
         await self.app(scope, receive, send)
 
 
-def create_router(engine: SearchEngine, limiter: RateLimiter,
-                  check_image: Callable | None = None) -> APIRouter:
+def create_router(engine: SearchEngine, limiter: RateLimiter, check_image: Callable | None = None,
+                  concurrency: int = config.CONCURRENCY) -> APIRouter:
     """The /api routes over `engine`. `check_image(PIL image)` may raise ValueError to refuse an image
-    (the safety filter)."""
+    (the safety filter). At most `concurrency` searches run at once, as on the page; the others wait."""
     router = APIRouter(prefix="/api")
+    searching = threading.BoundedSemaphore(concurrency)
 
     def checked(text: str | None, k: int, ranking: str, request: Request) -> None:
         host = request.client.host if request.client else "unknown"
@@ -110,7 +112,9 @@ def create_router(engine: SearchEngine, limiter: RateLimiter,
             only = ImageFilter(style, min_aesthetic)
             if query.image is not None and check_image is not None:
                 check_image(query.image)
-            return JSONResponse(search_json(engine, query, k, ranking, str(request.base_url), only))
+            with searching:
+                found = search_json(engine, query, k, ranking, str(request.base_url), only)
+            return JSONResponse(found)
         except (ValueError, ImageLoadError) as e:
             raise HTTPException(400, str(e)) from e
 

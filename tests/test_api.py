@@ -89,3 +89,32 @@ def test_the_mcp_server_lists_the_search_tool_and_a_call_returns_hits(app: App) 
     assert "skimage/coffee" in text
     thumb = re.search(r"https?://[^\s\"']+/api/thumbnail/skimage/coffee", text)
     assert thumb and httpx.get(thumb[0], timeout=30).status_code == 200  # the URL an agent gets works
+
+
+def test_rest_searches_run_one_at_a_time_at_concurrency_one(default_engine) -> None:  # noqa: ANN001
+    """The REST API runs at most `concurrency` searches at once, as the page does: four concurrent new texts at
+    concurrency 1 are four encoder calls of their own (each a text and its rephrasing), never one shared batch."""
+    import threading
+    import uuid
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from search.api import create_router
+    from search.limits import RateLimiter
+
+    app = FastAPI()
+    app.include_router(create_router(default_engine, RateLimiter("searches", 10_000), concurrency=1))
+    batcher = default_engine.text_vectors.batcher
+    texts = [f"a red bicycle number {uuid.uuid4().hex[:8]}" for _ in range(4)]
+    with TestClient(app) as client:
+        calls, keys = batcher.calls, batcher.keys_done
+        answers: list = []
+        threads = [threading.Thread(target=lambda t=t: answers.append(client.get("/api/search", params={
+            "text": t, "ranking": "aligned"}))) for t in texts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert [a.status_code for a in answers] == [200] * 4 and all(a.json()["hits"] for a in answers)
+    assert (batcher.calls - calls, batcher.keys_done - keys) == (4, 8)
