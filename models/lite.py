@@ -544,7 +544,7 @@ class LiteEncoder(Encoder):
             threads = torch.get_num_threads()
             wide = alone and threads < QUERY_THREADS
             if wide:
-                torch.set_num_threads(QUERY_THREADS)  # this thread's setting only (OpenMP's is per thread)
+                torch.set_num_threads(QUERY_THREADS)  # OpenMP's count is this thread's (restored below)
             try:
                 maps = shallow_maps(self.image_tower, pixels)  # one pass through the shared blocks for both
             finally:
